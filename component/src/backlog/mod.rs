@@ -1,0 +1,100 @@
+//! The backlog: points that could not be delivered yet, oldest first.
+//!
+//! The policy only talks to the [`Backlog`] trait. [`file::FileBacklog`]
+//! keeps it on disk (std::fs, which the component's std maps onto
+//! wasi:filesystem); [`memory::MemoryBacklog`] keeps it in RAM, for
+//! `enable_persistent_storage = false` and for the simulator, where it can
+//! also inject faults.
+
+pub mod file;
+pub mod memory;
+
+use crate::point::Point;
+
+/// A failed storage operation, phrased for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacklogError(pub String);
+
+impl std::fmt::Display for BacklogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BacklogError {}
+
+/// What opening an existing backlog found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Points found intact.
+    pub points: u64,
+    /// Bytes cut from a torn tail (a write interrupted by a crash).
+    pub torn_bytes: u64,
+    /// Records skipped because their checksum or encoding was bad.
+    pub corrupt_records: u64,
+    /// Human-readable warnings, one per repair, naming the file and offset.
+    pub warnings: Vec<String>,
+}
+
+/// Ordered, durable storage of undelivered points.
+///
+/// Points are appended in batches (one record each) and leave from the head
+/// only when acknowledged (`consume`) or dropped by a limit. `stored_at` is
+/// the wall-clock time (ns) a batch entered the backlog; the age limit
+/// compares against it, as the gateway did with `_backlog_time`.
+pub trait Backlog {
+    /// Append one batch as one record. On error nothing of it is stored.
+    fn append(&mut self, points: &[Point], stored_at: i64) -> Result<(), BacklogError>;
+    /// Make every append so far durable (fsync).
+    fn sync(&mut self) -> Result<(), BacklogError>;
+    /// Points in the backlog.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes the backlog occupies (on disk, or encoded size in memory).
+    fn bytes(&self) -> u64;
+    /// Up to `max` of the oldest points, without removing them.
+    fn peek(&mut self, max: usize) -> Result<Vec<Point>, BacklogError>;
+    /// Remove the `n` oldest points (delivered); the new head is persisted so
+    /// a restart does not send them again.
+    fn consume(&mut self, n: u64) -> Result<(), BacklogError>;
+    /// Drop the oldest points until at most `max_points` remain; returns how
+    /// many were dropped.
+    fn enforce_size(&mut self, max_points: u64) -> Result<u64, BacklogError>;
+    /// Drop every point stored before `cutoff` (wall ns); returns how many.
+    fn enforce_age(&mut self, cutoff: i64) -> Result<u64, BacklogError>;
+    /// `stored_at` of the oldest point, if any.
+    fn oldest_stored_at(&self) -> Option<i64>;
+}
+
+/// Lets a driver choose the storage at run time (`Policy<Box<dyn Backlog>>`).
+impl<B: Backlog + ?Sized> Backlog for Box<B> {
+    fn append(&mut self, points: &[Point], stored_at: i64) -> Result<(), BacklogError> {
+        (**self).append(points, stored_at)
+    }
+    fn sync(&mut self) -> Result<(), BacklogError> {
+        (**self).sync()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn bytes(&self) -> u64 {
+        (**self).bytes()
+    }
+    fn peek(&mut self, max: usize) -> Result<Vec<Point>, BacklogError> {
+        (**self).peek(max)
+    }
+    fn consume(&mut self, n: u64) -> Result<(), BacklogError> {
+        (**self).consume(n)
+    }
+    fn enforce_size(&mut self, max_points: u64) -> Result<u64, BacklogError> {
+        (**self).enforce_size(max_points)
+    }
+    fn enforce_age(&mut self, cutoff: i64) -> Result<u64, BacklogError> {
+        (**self).enforce_age(cutoff)
+    }
+    fn oldest_stored_at(&self) -> Option<i64> {
+        (**self).oldest_stored_at()
+    }
+}

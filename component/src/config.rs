@@ -1,0 +1,356 @@
+//! The output's settings: the gateway's `[influxdb_output]` keys, with its
+//! defaults, parsed and checked in one place for the host and the component.
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds per second, for converting the gateway's float seconds.
+pub const NANOS: f64 = 1e9;
+
+/// Effective settings of one output section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub username: String,
+    pub password: String,
+    pub measurement: String,
+    pub batch_size: u32,
+    pub batch_timeout: f64,
+    pub reconnect_attempts: u32,
+    pub reconnect_delay: f64,
+    pub use_exponential_backoff: bool,
+    pub max_reconnect_delay: f64,
+    pub periodic_reconnect_interval: f64,
+    pub enable_persistent_storage: bool,
+    pub persistent_storage_path: String,
+    pub max_backlog_size: u64,
+    pub max_backlog_age: f64,
+    pub connection_timeout: f64,
+    pub reconnect_jitter: f64,
+}
+
+impl Settings {
+    /// The gateway's defaults, for a section called `name`.
+    pub fn defaults(name: &str) -> Self {
+        Settings {
+            name: name.to_string(),
+            host: "localhost".into(),
+            port: 8086,
+            database: "solar".into(),
+            username: String::new(),
+            password: String::new(),
+            measurement: "device_data".into(),
+            batch_size: 100,
+            batch_timeout: 10.0,
+            reconnect_attempts: 5,
+            reconnect_delay: 5.0,
+            use_exponential_backoff: true,
+            max_reconnect_delay: 300.0,
+            periodic_reconnect_interval: 14400.0,
+            enable_persistent_storage: true,
+            persistent_storage_path: "influxdb_backlog".into(),
+            max_backlog_size: 10000,
+            max_backlog_age: 86400.0,
+            connection_timeout: 10.0,
+            reconnect_jitter: 0.0,
+        }
+    }
+
+    /// Parse a section's `(key, value)` pairs. Unknown keys are returned as
+    /// warnings; the first invalid value is an error.
+    pub fn from_pairs(
+        name: &str,
+        pairs: &[(String, String)],
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut s = Settings::defaults(name);
+        let mut warnings = Vec::new();
+        for (key, value) in pairs {
+            let v = value.trim();
+            let err = |expected: &str| ConfigError {
+                section: name.to_string(),
+                key: key.clone(),
+                value: value.clone(),
+                expected: expected.to_string(),
+            };
+            match key.as_str() {
+                "transport" => {
+                    if v != "influxdb_out" {
+                        return Err(err("influxdb_out"));
+                    }
+                }
+                "host" => {
+                    if v.is_empty() || v.contains(['/', ' ', '@']) {
+                        return Err(err("a host name or IP address, without scheme or path"));
+                    }
+                    s.host = v.to_string();
+                }
+                "port" => {
+                    s.port = v
+                        .parse()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| err("a TCP port from 1 to 65535"))?
+                }
+                "database" => {
+                    if v.is_empty() {
+                        return Err(err("a database name"));
+                    }
+                    s.database = v.to_string();
+                }
+                "username" => s.username = v.to_string(),
+                "password" => s.password = v.to_string(),
+                "measurement" => {
+                    if v.is_empty() {
+                        return Err(err("a measurement name"));
+                    }
+                    s.measurement = v.to_string();
+                }
+                "batch_size" => {
+                    s.batch_size = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                        .ok_or_else(|| err("a whole number of points from 1 to 100000"))?
+                }
+                "batch_timeout" => {
+                    s.batch_timeout = seconds(v, 0.001, 86400.0)
+                        .ok_or_else(|| err("seconds, from 0.001 to 86400"))?
+                }
+                "reconnect_attempts" => {
+                    s.reconnect_attempts = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 64)
+                        .ok_or_else(|| err("a whole number from 0 to 64"))?
+                }
+                "reconnect_delay" => {
+                    s.reconnect_delay = seconds(v, 0.001, 86400.0)
+                        .ok_or_else(|| err("seconds, from 0.001 to 86400"))?
+                }
+                "use_exponential_backoff" => {
+                    s.use_exponential_backoff = boolean(v).ok_or_else(|| err("true or false"))?
+                }
+                "max_reconnect_delay" => {
+                    s.max_reconnect_delay = seconds(v, 0.001, 86400.0 * 7.0)
+                        .ok_or_else(|| err("seconds, from 0.001 to 604800"))?
+                }
+                "periodic_reconnect_interval" => {
+                    s.periodic_reconnect_interval = seconds(v, 0.0, 86400.0 * 365.0)
+                        .ok_or_else(|| err("seconds (0 disables), at most one year"))?
+                }
+                "enable_persistent_storage" => {
+                    s.enable_persistent_storage = boolean(v).ok_or_else(|| err("true or false"))?
+                }
+                "persistent_storage_path" => {
+                    if v.is_empty() {
+                        return Err(err("a directory path"));
+                    }
+                    s.persistent_storage_path = v.to_string();
+                }
+                "max_backlog_size" => {
+                    s.max_backlog_size = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| err("a whole number of points, at least 1"))?
+                }
+                "max_backlog_age" => {
+                    s.max_backlog_age = seconds(v, 1.0, 86400.0 * 3650.0)
+                        .ok_or_else(|| err("seconds, at least 1"))?
+                }
+                "connection_timeout" => {
+                    s.connection_timeout = seconds(v, 0.001, 3600.0)
+                        .ok_or_else(|| err("seconds, from 0.001 to 3600"))?
+                }
+                "reconnect_jitter" => {
+                    s.reconnect_jitter = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| (0.0..1.0).contains(f))
+                        .ok_or_else(|| err("a fraction from 0 (none) to below 1, e.g. 0.2"))?
+                }
+                other => warnings.push(format!("[{name}] unknown key `{other}` is ignored")),
+            }
+        }
+        if s.max_reconnect_delay < s.reconnect_delay {
+            return Err(ConfigError {
+                section: name.to_string(),
+                key: "max_reconnect_delay".into(),
+                value: s.max_reconnect_delay.to_string(),
+                expected: format!("at least reconnect_delay ({})", s.reconnect_delay),
+            });
+        }
+        Ok((s, warnings))
+    }
+
+    /// `host:port`, as the gateway's log lines print it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Every key and its effective value, in documentation order (password
+    /// masked), for `influx-sink validate`.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("host", self.host.clone()),
+            ("port", self.port.to_string()),
+            ("database", self.database.clone()),
+            ("username", self.username.clone()),
+            (
+                "password",
+                if self.password.is_empty() {
+                    String::new()
+                } else {
+                    "********".into()
+                },
+            ),
+            ("measurement", self.measurement.clone()),
+            ("batch_size", self.batch_size.to_string()),
+            ("batch_timeout", self.batch_timeout.to_string()),
+            ("reconnect_attempts", self.reconnect_attempts.to_string()),
+            ("reconnect_delay", self.reconnect_delay.to_string()),
+            (
+                "use_exponential_backoff",
+                self.use_exponential_backoff.to_string(),
+            ),
+            ("max_reconnect_delay", self.max_reconnect_delay.to_string()),
+            (
+                "periodic_reconnect_interval",
+                self.periodic_reconnect_interval.to_string(),
+            ),
+            (
+                "enable_persistent_storage",
+                self.enable_persistent_storage.to_string(),
+            ),
+            (
+                "persistent_storage_path",
+                self.persistent_storage_path.clone(),
+            ),
+            ("max_backlog_size", self.max_backlog_size.to_string()),
+            ("max_backlog_age", self.max_backlog_age.to_string()),
+            ("connection_timeout", self.connection_timeout.to_string()),
+            ("reconnect_jitter", self.reconnect_jitter.to_string()),
+        ]
+    }
+}
+
+/// Seconds as the gateway writes them (`5`, `5.0`), within bounds.
+fn seconds(v: &str, min: f64, max: f64) -> Option<f64> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && *f >= min && *f <= max)
+}
+
+/// configparser's booleans.
+fn boolean(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// An invalid value: which section, key and value, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub section: String,
+    pub key: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}] {} = `{}`: expected {}",
+            self.section, self.key, self.value, self.expected
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_section_gives_gateway_defaults() {
+        let (s, w) =
+            Settings::from_pairs("influxdb_output", &pairs(&[("transport", "influxdb_out")]))
+                .unwrap();
+        assert!(w.is_empty());
+        assert_eq!(s, Settings::defaults("influxdb_output"));
+        assert_eq!(s.address(), "localhost:8086");
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let (s, _) = Settings::from_pairs(
+            "o",
+            &pairs(&[
+                ("batch_size", "500"),
+                ("use_exponential_backoff", "false"),
+                ("reconnect_delay", "2"),
+                ("reconnect_jitter", "0.2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.batch_size, 500);
+        assert!(!s.use_exponential_backoff);
+        assert_eq!(s.reconnect_delay, 2.0);
+        assert_eq!(s.reconnect_jitter, 0.2);
+    }
+
+    #[test]
+    fn bad_values_name_section_key_value_and_expectation() {
+        for (k, v) in [
+            ("batch_size", "abc"),
+            ("batch_size", "0"),
+            ("port", "70000"),
+            ("use_exponential_backoff", "maybe"),
+            ("reconnect_delay", "-1"),
+            ("reconnect_jitter", "1.5"),
+            ("transport", "mqtt"),
+            ("host", "http://x"),
+        ] {
+            let e = Settings::from_pairs("out", &pairs(&[(k, v)])).unwrap_err();
+            assert_eq!(
+                (e.section.as_str(), e.key.as_str(), e.value.as_str()),
+                ("out", k, v)
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("[out]")
+                    && text.contains(k)
+                    && text.contains(v)
+                    && text.contains("expected"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_delay_below_base_delay_is_refused() {
+        let e = Settings::from_pairs(
+            "o",
+            &pairs(&[("reconnect_delay", "10"), ("max_reconnect_delay", "5")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "max_reconnect_delay");
+    }
+
+    #[test]
+    fn unknown_keys_warn_by_name() {
+        let (_, w) = Settings::from_pairs("o", &pairs(&[("batchsize", "5")])).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("batchsize"));
+    }
+}

@@ -1,0 +1,479 @@
+//! The component: carries the policy's actions out over WASI 0.2.
+//! It decides nothing; every decision is in `policy`.
+
+use std::cell::RefCell;
+
+use crate::backlog::file::{FileBacklog, SyncMode};
+use crate::backlog::memory::MemoryBacklog;
+use crate::backlog::Backlog;
+use crate::config::{Settings, NANOS};
+use crate::line_protocol::{self, FieldValue};
+use crate::policy::{Level, Outcome, Policy, Request};
+use crate::snapshot;
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "influx-sink",
+    generate_all,
+});
+
+use exports::influx::sink::output::{self as wit, Guest, GuestSink};
+use wasi::clocks::{monotonic_clock, wall_clock};
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    Fields, FutureIncomingResponse, IncomingBody, InputStream, Method, OutgoingBody,
+    OutgoingRequest, OutputStream, RequestOptions, Scheme,
+};
+use wasi::io::poll::Pollable;
+use wasi::io::streams::StreamError;
+
+/// The preopened directory the host gives this sink for its backlog.
+const BACKLOG_DIR: &str = "/backlog";
+/// While a request is in flight, ask to be woken this often to progress it.
+const IN_FLIGHT_WAKE_NS: u64 = 1_000_000;
+/// Largest error body kept from a server answer.
+const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+struct Component;
+
+impl Guest for Component {
+    type Sink = Sink;
+}
+
+pub struct Sink {
+    inner: RefCell<Driver>,
+}
+
+struct Driver {
+    name: String,
+    policy: Policy<Box<dyn Backlog>>,
+    exchange: Option<Exchange>,
+}
+
+fn now() -> u64 {
+    monotonic_clock::now()
+}
+
+fn wall() -> i64 {
+    let t = wall_clock::now();
+    t.seconds as i64 * 1_000_000_000 + t.nanoseconds as i64
+}
+
+/// One log line to stderr in a single write, so lines never interleave.
+fn emit(name: &str, level: Level, message: &str) {
+    use std::io::Write;
+    if level >= Level::Info {
+        let line = format!(
+            "{} {:<5} [{name}] {message}\n",
+            crate::timefmt::rfc3339_millis(wall()),
+            level.as_str()
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
+fn open_backlog(s: &Settings) -> Result<Box<dyn Backlog>, String> {
+    if !s.enable_persistent_storage {
+        return Ok(Box::new(MemoryBacklog::new()));
+    }
+    let (backlog, report) = FileBacklog::open(std::path::Path::new(BACKLOG_DIR), SyncMode::Batch).map_err(|e| {
+        format!("[{}] persistent storage is enabled but the backlog directory {BACKLOG_DIR} is not usable: {e}", s.name)
+    })?;
+    for w in &report.warnings {
+        emit(&s.name, Level::Warn, w);
+    }
+    Ok(Box::new(backlog))
+}
+
+impl Driver {
+    fn new(settings: Settings) -> Result<Self, String> {
+        let backlog = open_backlog(&settings)?;
+        let name = settings.name.clone();
+        let policy = Policy::new(settings, backlog, now(), wall());
+        Ok(Driver {
+            name,
+            policy,
+            exchange: None,
+        })
+    }
+
+    /// One turn: finish what HTTP can finish, run timers, start what is due.
+    fn turn(&mut self) -> u64 {
+        for _ in 0..64 {
+            let (t, w) = (now(), wall());
+            if let Some(ex) = &mut self.exchange {
+                if !self.policy.awaits(ex.id) {
+                    self.exchange = None;
+                } else if let Some(outcome) = ex.progress() {
+                    let id = ex.id;
+                    self.exchange = None;
+                    self.policy.handle_outcome(id, outcome, t, w);
+                }
+            }
+            self.policy.tick(t, w);
+            if self
+                .exchange
+                .as_ref()
+                .is_some_and(|ex| !self.policy.awaits(ex.id))
+            {
+                self.exchange = None; // timed out: dropping it aborts the request
+            }
+            if self.exchange.is_some() {
+                break;
+            }
+            let Some(req) = self.policy.poll_transmit(t) else {
+                break;
+            };
+            let id = req.id;
+            match Exchange::start(req, self.policy.settings()) {
+                Ok(ex) => self.exchange = Some(ex),
+                Err(reason) => self
+                    .policy
+                    .handle_outcome(id, Outcome::Failed { reason }, t, w),
+            }
+        }
+        while let Some(line) = self.policy.poll_log() {
+            emit(&self.name, line.level, &line.message);
+        }
+        let t = now();
+        let mut wake = self
+            .policy
+            .poll_timeout()
+            .map_or(u64::MAX, |at| at.saturating_sub(t));
+        if self.exchange.is_some() {
+            wake = wake.min(IN_FLIGHT_WAKE_NS);
+        }
+        wake
+    }
+}
+
+/// One HTTP request in progress, driven by non-blocking calls only.
+struct Exchange {
+    id: u64,
+    // Field order is drop order: pollables before what they watch, child
+    // streams before their bodies, bodies before the response future.
+    // wasmtime only advances a pending operation when its pollable is
+    // asked `ready()`, so each progress step asks first.
+    out_ready: Option<Pollable>,
+    in_ready: Option<Pollable>,
+    answer_ready: Pollable,
+    out_stream: Option<OutputStream>,
+    out_body: Option<OutgoingBody>,
+    body: Vec<u8>,
+    written: usize,
+    in_stream: Option<InputStream>,
+    in_body: Option<IncomingBody>,
+    answer: Option<(u16, Option<String>, Vec<u8>)>,
+    future: FutureIncomingResponse,
+}
+
+impl Exchange {
+    fn start(req: Request, s: &Settings) -> Result<Exchange, String> {
+        let headers = Fields::new();
+        let mut all = req.headers.clone();
+        if !req.body.is_empty() {
+            all.push(("content-length".into(), req.body.len().to_string()));
+        }
+        for (k, v) in &all {
+            headers
+                .append(k, v.as_bytes())
+                .map_err(|e| format!("bad request header {k}: {e:?}"))?;
+        }
+        let request = OutgoingRequest::new(headers);
+        let method = if req.method == "GET" {
+            Method::Get
+        } else {
+            Method::Post
+        };
+        request.set_method(&method).map_err(|_| "bad method")?;
+        request
+            .set_scheme(Some(&Scheme::Http))
+            .map_err(|_| "bad scheme")?;
+        request
+            .set_authority(Some(&s.address()))
+            .map_err(|_| format!("bad server address {}", s.address()))?;
+        request
+            .set_path_with_query(Some(&req.path))
+            .map_err(|_| format!("bad path {}", req.path))?;
+        let out_body = request.body().map_err(|_| "request body unavailable")?;
+        let out_stream = out_body
+            .write()
+            .map_err(|_| "request body stream unavailable")?;
+        let options = RequestOptions::new();
+        let timeout = (s.connection_timeout * NANOS) as u64;
+        let _ = options.set_connect_timeout(Some(timeout));
+        let _ = options.set_first_byte_timeout(Some(timeout));
+        let _ = options.set_between_bytes_timeout(Some(timeout));
+        let future = outgoing_handler::handle(request, Some(options))
+            .map_err(|e| format!("request refused: {e:?}"))?;
+        let mut ex = Exchange {
+            id: req.id,
+            out_ready: Some(out_stream.subscribe()),
+            in_ready: None,
+            answer_ready: future.subscribe(),
+            out_stream: Some(out_stream),
+            out_body: Some(out_body),
+            body: req.body,
+            written: 0,
+            in_stream: None,
+            in_body: None,
+            answer: None,
+            future,
+        };
+        if let Some(Outcome::Failed { reason }) = ex.progress() {
+            return Err(reason);
+        }
+        Ok(ex)
+    }
+
+    /// Advance without blocking; `Some` once the request has ended.
+    fn progress(&mut self) -> Option<Outcome> {
+        if let Err(reason) = self.write_body() {
+            return Some(Outcome::Failed { reason });
+        }
+        if self.answer.is_none() {
+            if !self.answer_ready.ready() {
+                return None;
+            }
+            match self.future.get()? {
+                Err(()) => {
+                    return Some(Outcome::Failed {
+                        reason: "answer already taken".into(),
+                    })
+                }
+                Ok(Err(code)) => {
+                    return Some(Outcome::Failed {
+                        reason: describe_error(&code),
+                    })
+                }
+                Ok(Ok(resp)) => {
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .first()
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                    let status = resp.status();
+                    let body = resp.consume().ok()?;
+                    self.in_stream = body.stream().ok();
+                    self.in_ready = self.in_stream.as_ref().map(|s| s.subscribe());
+                    self.in_body = Some(body);
+                    self.answer = Some((status, retry_after, Vec::new()));
+                }
+            }
+        }
+        let (_, _, buf) = self.answer.as_mut()?;
+        let Some(stream) = &self.in_stream else {
+            return self.finish_answer();
+        };
+        if self.in_ready.as_ref().is_some_and(|p| !p.ready()) {
+            return None;
+        }
+        loop {
+            match stream.read(16 * 1024) {
+                Ok(bytes) if bytes.is_empty() => return None,
+                Ok(bytes) => {
+                    let room = MAX_ANSWER_BODY.saturating_sub(buf.len());
+                    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                Err(StreamError::Closed) => return self.finish_answer(),
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Some(Outcome::Failed {
+                        reason: format!("answer broke off: {}", e.to_debug_string()),
+                    })
+                }
+            }
+        }
+    }
+
+    fn finish_answer(&mut self) -> Option<Outcome> {
+        self.in_ready = None;
+        self.in_stream = None;
+        self.in_body = None;
+        let (status, retry_after, body) = self.answer.take()?;
+        Some(Outcome::Answer {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    fn write_body(&mut self) -> Result<(), String> {
+        let Some(stream) = &self.out_stream else {
+            return Ok(());
+        };
+        if self.out_ready.as_ref().is_some_and(|p| !p.ready()) {
+            return Ok(());
+        }
+        while self.written < self.body.len() {
+            let room = stream
+                .check_write()
+                .map_err(|e| format!("sending the request failed: {}", stream_error(&e)))?;
+            if room == 0 {
+                return Ok(());
+            }
+            let end = self.body.len().min(self.written + room as usize);
+            stream
+                .write(&self.body[self.written..end])
+                .map_err(|e| format!("sending the request failed: {}", stream_error(&e)))?;
+            self.written = end;
+        }
+        self.out_ready = None;
+        self.out_stream = None;
+        if let Some(body) = self.out_body.take() {
+            OutgoingBody::finish(body, None)
+                .map_err(|e| format!("finishing the request failed: {}", describe_error(&e)))?;
+        }
+        Ok(())
+    }
+}
+
+fn stream_error(e: &StreamError) -> String {
+    match e {
+        StreamError::Closed => "connection closed".into(),
+        StreamError::LastOperationFailed(err) => err.to_debug_string(),
+    }
+}
+
+fn describe_error(code: &wasi::http::types::ErrorCode) -> String {
+    use wasi::http::types::ErrorCode as E;
+    match code {
+        E::ConnectionRefused => "connection refused".into(),
+        E::ConnectionTimeout => "connection timed out".into(),
+        E::ConnectionReadTimeout => "read timed out".into(),
+        E::ConnectionTerminated => "connection terminated".into(),
+        E::DnsError(_) => "host name lookup failed".into(),
+        E::HttpRequestDenied => {
+            "request denied by the host (address not allowed for this sink)".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn to_field(v: wit::FieldValue) -> FieldValue {
+    match v {
+        wit::FieldValue::Float(f) => FieldValue::Float(f),
+        wit::FieldValue::Integer(i) => FieldValue::Integer(i),
+        wit::FieldValue::Unsigned(u) => FieldValue::Unsigned(u),
+        wit::FieldValue::Text(s) => FieldValue::Text(s),
+        wit::FieldValue::Boolean(b) => FieldValue::Boolean(b),
+    }
+}
+
+impl GuestSink for Sink {
+    fn open(name: String, settings: Vec<(String, String)>) -> Result<wit::Sink, String> {
+        let (settings, warnings) =
+            Settings::from_pairs(&name, &settings).map_err(|e| e.to_string())?;
+        for w in &warnings {
+            emit(&name, Level::Warn, w);
+        }
+        let driver = Driver::new(settings)?;
+        Ok(wit::Sink::new(Sink {
+            inner: RefCell::new(driver),
+        }))
+    }
+
+    fn version() -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    fn restore(bytes: Vec<u8>) -> Result<wit::Sink, String> {
+        let state = snapshot::decode(&bytes)?;
+        let mut driver = Driver::new(state.settings)?;
+        driver
+            .policy
+            .adopt(state.counters, state.points, now(), wall());
+        Ok(wit::Sink::new(Sink {
+            inner: RefCell::new(driver),
+        }))
+    }
+
+    fn write_lines(&self, lines: Vec<u8>) -> wit::WriteResult {
+        let mut d = self.inner.borrow_mut();
+        let w = wall();
+        let (points, errors) = line_protocol::parse_lines(&lines, w);
+        let accepted = points.len() as u32;
+        d.policy.count_rejected(errors.len() as u64);
+        d.policy.write(points, now(), w);
+        let rejected = errors
+            .into_iter()
+            .map(|(i, e)| wit::Rejection {
+                index: i as u32,
+                reason: e.reason,
+            })
+            .collect();
+        wit::WriteResult { accepted, rejected }
+    }
+
+    fn write_points(&self, points: Vec<wit::Point>) -> wit::WriteResult {
+        let mut d = self.inner.borrow_mut();
+        let w = wall();
+        let mut ok = Vec::with_capacity(points.len());
+        let mut rejected = Vec::new();
+        for (i, p) in points.into_iter().enumerate() {
+            let fields: Vec<(String, FieldValue)> = p
+                .fields
+                .into_iter()
+                .map(|(k, v)| (k, to_field(v)))
+                .collect();
+            match line_protocol::point_from_parts(&p.measurement, &p.tags, &fields, p.timestamp, w)
+            {
+                Ok(point) => ok.push(point),
+                Err(e) => rejected.push(wit::Rejection {
+                    index: i as u32,
+                    reason: e.reason,
+                }),
+            }
+        }
+        let accepted = ok.len() as u32;
+        d.policy.count_rejected(rejected.len() as u64);
+        d.policy.write(ok, now(), w);
+        wit::WriteResult { accepted, rejected }
+    }
+
+    fn poll(&self) -> u64 {
+        self.inner.borrow_mut().turn()
+    }
+
+    fn flush(&self) {
+        let mut d = self.inner.borrow_mut();
+        d.policy.flush(now(), wall());
+    }
+
+    fn shutdown(&self) {
+        let mut d = self.inner.borrow_mut();
+        d.exchange = None;
+        d.policy.shutdown(now(), wall());
+        while let Some(line) = d.policy.poll_log() {
+            emit(&d.name, line.level, &line.message);
+        }
+    }
+
+    fn stats(&self) -> wit::Stats {
+        let d = self.inner.borrow();
+        let s = d.policy.stats();
+        wit::Stats {
+            accepted: s.counters.accepted,
+            delivered: s.counters.delivered,
+            backlogged: s.counters.backlogged,
+            dropped: s.counters.dropped,
+            rejected: s.counters.rejected,
+            backlog_points: s.backlog_points,
+            backlog_bytes: s.backlog_bytes,
+            pending: s.pending,
+            reconnect_attempts: s.counters.reconnect_attempts,
+            state: s.state.to_string(),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let d = self.inner.borrow();
+        let (counters, points) = d.policy.memory_state();
+        snapshot::encode(&snapshot::State {
+            settings: d.policy.settings().clone(),
+            counters,
+            points,
+        })
+    }
+}
+
+export!(Component);

@@ -1,0 +1,16 @@
+//! influx-sink: the InfluxDB delivery policy as a sans-IO core, plus the
+//! wit-bindgen glue that runs it as a WASI 0.2 component.
+
+pub mod backlog;
+pub mod codec;
+pub mod config;
+pub mod ini;
+pub mod line_protocol;
+pub mod point;
+pub mod policy;
+pub mod sim;
+pub mod snapshot;
+pub mod timefmt;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

@@ -1,0 +1,764 @@
+//! The delivery policy as a sans-IO state machine, after quinn-proto's
+//! `Connection`: handlers take what happened and `now`, polls say what to do.
+//!
+//! The driver (the component glue, the simulator, a test) calls
+//! [`Policy::write`] / [`Policy::flush`] / [`Policy::handle_outcome`] as
+//! things happen, then [`Policy::tick`] and [`Policy::poll_transmit`] until
+//! it returns `None`, then sleeps until [`Policy::poll_timeout`]. The policy
+//! never reads a clock and never does I/O except through its [`Backlog`].
+
+pub mod backoff;
+pub mod http;
+mod log;
+
+use std::collections::VecDeque;
+
+use crate::backlog::Backlog;
+use crate::config::{Settings, NANOS};
+use crate::point::Point;
+use backoff::Jitter;
+pub use http::{Outcome, Purpose, Request};
+pub use log::{Level, LogLine};
+
+/// Monotonic time in nanoseconds, from an origin the driver chooses.
+pub type Instant = u64;
+
+/// Full batches held in memory while connected before they go to the
+/// backlog: bounds memory when the server is slow but up.
+const MAX_READY_BATCHES: usize = 4;
+
+/// Where the points of an in-flight write live.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// Only in memory: on failure they go to the backlog.
+    Memory(Vec<Point>),
+    /// The `n` oldest points of the backlog: on success they are consumed.
+    Backlog(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Flight {
+    Ping { periodic: bool },
+    CreateDatabase,
+    Write(Source),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct InFlight {
+    id: u64,
+    what: Flight,
+    deadline: Instant,
+}
+
+/// Connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    /// A connection check is due now (at start, or attempt `attempt`).
+    Connecting {
+        attempt: u32,
+    },
+    Connected,
+    /// Waiting to make reconnect attempt `attempt` at `at`.
+    BackingOff {
+        attempt: u32,
+        at: Instant,
+    },
+}
+
+/// Counters, as `stats` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub backlogged: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+    pub reconnect_attempts: u64,
+}
+
+/// A snapshot of what the policy holds, for `stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub counters: Counters,
+    pub backlog_points: u64,
+    pub backlog_bytes: u64,
+    /// Accepted points not yet delivered: batch, ready, in flight, backlog.
+    pub pending: u64,
+    pub state: &'static str,
+}
+
+pub struct Policy<B: Backlog> {
+    s: Settings,
+    backlog: B,
+    conn: Conn,
+    /// Failures since the last proven delivery; picks the next delay.
+    streak: u32,
+    batch: Vec<Point>,
+    batch_started: Option<Instant>,
+    ready: VecDeque<Vec<Point>>,
+    in_flight: Option<InFlight>,
+    next_id: u64,
+    need_create_db: bool,
+    /// Last successful connection check, for periodic reconnection.
+    last_check: Instant,
+    outage_logged: bool,
+    /// Backlog points flushed since the drain began (for its log lines).
+    draining: Option<u64>,
+    storage_error_logged: bool,
+    counters: Counters,
+    jitter: Jitter,
+    logs: VecDeque<LogLine>,
+    /// The latest (monotonic, wall) pair seen, to turn wall-clock deadlines
+    /// (the age limit) into monotonic wake-ups.
+    clock: (Instant, i64),
+}
+
+impl<B: Backlog> Policy<B> {
+    /// A policy that will check the server on its first `poll_transmit`.
+    pub fn new(settings: Settings, backlog: B, now: Instant, wall: i64) -> Self {
+        let seed = settings
+            .name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let mut p = Policy {
+            s: settings,
+            backlog,
+            conn: Conn::Connecting { attempt: 0 },
+            streak: 0,
+            batch: Vec::new(),
+            batch_started: None,
+            ready: VecDeque::new(),
+            in_flight: None,
+            next_id: 1,
+            need_create_db: false,
+            last_check: now,
+            outage_logged: false,
+            draining: None,
+            storage_error_logged: false,
+            counters: Counters::default(),
+            jitter: Jitter::new(seed),
+            logs: VecDeque::new(),
+            clock: (now, wall),
+        };
+        if !p.backlog.is_empty() {
+            p.log(
+                Level::Info,
+                format!(
+                    "Found {} backlog points from an earlier run",
+                    p.backlog.len()
+                ),
+            );
+        }
+        p
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+
+    pub fn backlog(&self) -> &B {
+        &self.backlog
+    }
+
+    /// Give the backlog back (tests: a crash keeps only what is on disk).
+    pub fn into_backlog(self) -> B {
+        self.backlog
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Count points refused before they reached the policy (malformed).
+    pub fn count_rejected(&mut self, n: u64) {
+        self.counters.rejected += n;
+    }
+
+    /// What lives only in memory, for a snapshot: counters and the points
+    /// not yet in the backlog, oldest first.
+    pub fn memory_state(&self) -> (Counters, Vec<Point>) {
+        let mut points = Vec::new();
+        if let Some(InFlight {
+            what: Flight::Write(Source::Memory(p)),
+            ..
+        }) = &self.in_flight
+        {
+            points.extend(p.iter().cloned());
+        }
+        for b in &self.ready {
+            points.extend(b.iter().cloned());
+        }
+        points.extend(self.batch.iter().cloned());
+        (self.counters.clone(), points)
+    }
+
+    /// Take over the memory state of an earlier instance (see
+    /// `memory_state`): its counters and its unsent points, which are not
+    /// counted as accepted again.
+    pub fn adopt(&mut self, counters: Counters, points: Vec<Point>, now: Instant, wall: i64) {
+        self.write(points, now, wall);
+        self.counters = counters;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let in_memory =
+            self.batch.len() as u64 + self.ready.iter().map(|b| b.len() as u64).sum::<u64>();
+        let flying = match &self.in_flight {
+            Some(InFlight {
+                what: Flight::Write(Source::Memory(p)),
+                ..
+            }) => p.len() as u64,
+            _ => 0,
+        };
+        Stats {
+            counters: self.counters.clone(),
+            backlog_points: self.backlog.len(),
+            backlog_bytes: self.backlog.bytes(),
+            pending: in_memory + flying + self.backlog.len(),
+            state: match self.conn {
+                Conn::Connected if self.draining.is_some() => "draining",
+                Conn::Connected => "connected",
+                Conn::Connecting { .. } => "connecting",
+                Conn::BackingOff { .. } => "backing-off",
+            },
+        }
+    }
+
+    /// Is a request with this id still awaited? The driver drops any other.
+    pub fn awaits(&self, id: u64) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.id == id)
+    }
+
+    // ----- commands from the pipeline -----
+
+    /// Accept points (already validated and timestamped).
+    pub fn write(&mut self, points: Vec<Point>, now: Instant, wall: i64) {
+        self.clock = (now, wall);
+        self.counters.accepted += points.len() as u64;
+        for p in points {
+            if self.batch.is_empty() {
+                self.batch_started = Some(now);
+            }
+            self.batch.push(p);
+            if self.batch.len() >= self.s.batch_size as usize {
+                self.seal_batch(wall);
+            }
+        }
+        self.sync_backlog();
+    }
+
+    /// Send the current batch without waiting for `batch_timeout`.
+    pub fn flush(&mut self, now: Instant, wall: i64) {
+        self.clock = (now, wall);
+        self.seal_batch(wall);
+        self.sync_backlog();
+    }
+
+    /// Stop: whatever is not delivered goes to the backlog. Returns how many
+    /// points could not be kept (persistent storage disabled or failing).
+    pub fn shutdown(&mut self, now: Instant, wall: i64) {
+        self.clock = (now, wall);
+        self.seal_batch(wall);
+        self.spill_in_flight(wall);
+        while let Some(b) = self.ready.pop_front() {
+            self.store(b, wall);
+        }
+        self.in_flight = None;
+        self.sync_backlog();
+    }
+
+    // ----- handlers of what happened -----
+
+    /// A request ended.
+    pub fn handle_outcome(&mut self, id: u64, outcome: Outcome, now: Instant, wall: i64) {
+        self.clock = (now, wall);
+        let Some(flight) = self.in_flight.take_if(|f| f.id == id) else {
+            return; // timed out already, or unknown
+        };
+        match (flight.what, outcome) {
+            (what, Outcome::Failed { reason }) => self.on_failure(what, &reason, now, wall),
+            (Flight::Ping { periodic }, Outcome::Answer { status, body, .. }) => {
+                if (200..300).contains(&status) {
+                    self.on_connected(periodic, now);
+                } else {
+                    let reason = format!(
+                        "/ping answered HTTP {status}: {}",
+                        http::server_reason(&body)
+                    );
+                    self.on_failure(Flight::Ping { periodic }, &reason, now, wall);
+                }
+            }
+            (Flight::CreateDatabase, Outcome::Answer { status, body, .. }) => {
+                if !(200..300).contains(&status) {
+                    let level = if status == 401 || status == 403 {
+                        Level::Warn
+                    } else {
+                        Level::Debug
+                    };
+                    let reason = http::server_reason(&body);
+                    self.log(
+                        level,
+                        format!(
+                            "Could not create database {}: HTTP {status} {reason}",
+                            self.s.database
+                        ),
+                    );
+                }
+            }
+            (Flight::Write(source), Outcome::Answer { status, body, .. }) => {
+                self.on_write_answer(source, status, &body, now, wall)
+            }
+        }
+        self.sync_backlog();
+    }
+
+    /// Timers: request deadline, batch timeout, age limit. Call before
+    /// `poll_transmit` on every turn.
+    pub fn tick(&mut self, now: Instant, wall: i64) {
+        self.clock = (now, wall);
+        if let Some(f) = self.in_flight.take_if(|f| now >= f.deadline) {
+            let reason = format!(
+                "no answer within connection_timeout ({} s)",
+                self.s.connection_timeout
+            );
+            self.on_failure(f.what, &reason, now, wall);
+        }
+        if self
+            .batch_started
+            .is_some_and(|t| now >= t + secs(self.s.batch_timeout))
+        {
+            self.seal_batch(wall);
+        }
+        self.enforce_age(wall);
+        self.sync_backlog();
+    }
+
+    // ----- polls -----
+
+    /// The next request to send, if any is due now.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Request> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let id = self.next_id;
+        let (what, request) = match self.conn {
+            Conn::BackingOff { at, .. } if now < at => return None,
+            Conn::BackingOff { attempt, .. } => {
+                self.conn = Conn::Connecting { attempt };
+                self.counters.reconnect_attempts += 1;
+                let addr = self.s.address();
+                self.log(
+                    Level::Info,
+                    format!("Attempting to reconnect to InfluxDB at {addr} (attempt {attempt})"),
+                );
+                (Flight::Ping { periodic: false }, Request::ping(id, &self.s))
+            }
+            Conn::Connecting { .. } => {
+                (Flight::Ping { periodic: false }, Request::ping(id, &self.s))
+            }
+            Conn::Connected if self.need_create_db => {
+                self.need_create_db = false;
+                (
+                    Flight::CreateDatabase,
+                    Request::create_database(id, &self.s),
+                )
+            }
+            Conn::Connected if self.periodic_due(now) => {
+                let addr = self.s.address();
+                let every = self.s.periodic_reconnect_interval;
+                self.log(
+                    Level::Info,
+                    format!(
+                        "Performing periodic reconnect to InfluxDB at {addr} (every {every} s)"
+                    ),
+                );
+                (Flight::Ping { periodic: true }, Request::ping(id, &self.s))
+            }
+            Conn::Connected if !self.backlog.is_empty() => {
+                let points = match self.backlog.peek(self.s.batch_size as usize) {
+                    Ok(p) if !p.is_empty() => p,
+                    Ok(_) => return None,
+                    Err(e) => {
+                        self.log(Level::Error, format!("Could not read the backlog: {e}"));
+                        return None;
+                    }
+                };
+                if self.draining.is_none() {
+                    self.draining = Some(0);
+                    self.log(
+                        Level::Info,
+                        format!("Flushing {} backlog points to InfluxDB", self.backlog.len()),
+                    );
+                }
+                let n = points.len() as u32;
+                (
+                    Flight::Write(Source::Backlog(n as u64)),
+                    Request::write(id, &self.s, body(&points), n),
+                )
+            }
+            Conn::Connected => {
+                let points = self.ready.pop_front()?;
+                let n = points.len() as u32;
+                let req = Request::write(id, &self.s, body(&points), n);
+                (Flight::Write(Source::Memory(points)), req)
+            }
+        };
+        self.next_id += 1;
+        self.in_flight = Some(InFlight {
+            id,
+            what,
+            deadline: now + secs(self.s.connection_timeout),
+        });
+        Some(request)
+    }
+
+    /// When the policy next needs a `tick`, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let (now, wall) = self.clock;
+        let mut at: Option<Instant> = None;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if let Some(f) = &self.in_flight {
+            consider(f.deadline);
+        } else {
+            match self.conn {
+                Conn::BackingOff { at, .. } => consider(at),
+                Conn::Connecting { .. } => consider(now),
+                Conn::Connected => {
+                    if self.need_create_db || !self.ready.is_empty() || !self.backlog.is_empty() {
+                        consider(now);
+                    }
+                    if self.s.periodic_reconnect_interval > 0.0 {
+                        consider(self.last_check + secs(self.s.periodic_reconnect_interval));
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.batch_started {
+            consider(t + secs(self.s.batch_timeout));
+        }
+        if let Some(oldest) = self.backlog.oldest_stored_at() {
+            let expires = oldest.saturating_add(secs(self.s.max_backlog_age) as i64);
+            consider(now + expires.saturating_sub(wall).max(0) as u64);
+        }
+        at
+    }
+
+    /// The next log line for the operator.
+    pub fn poll_log(&mut self) -> Option<LogLine> {
+        self.logs.pop_front()
+    }
+
+    // ----- internals -----
+
+    fn log(&mut self, level: Level, message: String) {
+        self.logs.push_back(LogLine { level, message });
+    }
+
+    fn periodic_due(&self, now: Instant) -> bool {
+        self.s.periodic_reconnect_interval > 0.0
+            && now >= self.last_check + secs(self.s.periodic_reconnect_interval)
+    }
+
+    /// Move the current batch on: to the send queue while connected and
+    /// nothing older waits in the backlog, else to the backlog.
+    fn seal_batch(&mut self, wall: i64) {
+        self.batch_started = None;
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if self.conn == Conn::Connected {
+            self.ready.push_back(batch);
+            if self.ready.len() > MAX_READY_BATCHES {
+                // The server is slower than the input: keep order by moving
+                // the in-flight batch and the oldest ready one to the backlog.
+                self.spill_in_flight(wall);
+                if let Some(oldest) = self.ready.pop_front() {
+                    self.store(oldest, wall);
+                }
+            }
+        } else {
+            self.store(batch, wall);
+        }
+    }
+
+    /// If a memory-only write is in flight, copy its points into the
+    /// backlog (whose head they become) so they survive a crash and keep
+    /// their place in line; its success then consumes them from there.
+    fn spill_in_flight(&mut self, wall: i64) {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return;
+        };
+        let Flight::Write(source @ Source::Memory(_)) = &mut flight.what else {
+            return;
+        };
+        let Source::Memory(points) = std::mem::replace(source, Source::Backlog(0)) else {
+            unreachable!()
+        };
+        let n = points.len() as u64;
+        let kept = if self.store(points.clone(), wall) {
+            Source::Backlog(n)
+        } else {
+            Source::Memory(points)
+        };
+        if let Some(InFlight {
+            what: Flight::Write(source),
+            ..
+        }) = self.in_flight.as_mut()
+        {
+            *source = kept;
+        }
+    }
+
+    /// Append a batch to the backlog and apply the size limit. Returns
+    /// whether it was stored.
+    fn store(&mut self, points: Vec<Point>, wall: i64) -> bool {
+        let n = points.len() as u64;
+        if n == 0 {
+            return true;
+        }
+        match self.backlog.append(&points, wall) {
+            Ok(()) => {
+                self.counters.backlogged += n;
+                self.storage_error_logged = false;
+            }
+            Err(e) => {
+                self.counters.dropped += n;
+                if !self.storage_error_logged {
+                    self.storage_error_logged = true;
+                    self.log(
+                        Level::Error,
+                        format!("Could not store {n} points in the backlog, dropping them: {e}"),
+                    );
+                }
+                return false;
+            }
+        }
+        let max = self.s.max_backlog_size;
+        if self.backlog.len() > max {
+            match self.backlog.enforce_size(max) {
+                Ok(dropped) if dropped > 0 => {
+                    self.counters.dropped += dropped;
+                    self.log(Level::Warn, format!("Backlog full (max_backlog_size={max}): dropped {dropped} oldest points"));
+                }
+                Ok(_) => {}
+                Err(e) => self.log(
+                    Level::Error,
+                    format!("Could not apply max_backlog_size: {e}"),
+                ),
+            }
+        }
+        true
+    }
+
+    fn enforce_age(&mut self, wall: i64) {
+        let max_age = secs(self.s.max_backlog_age) as i64;
+        if self
+            .backlog
+            .oldest_stored_at()
+            .is_none_or(|t| wall.saturating_sub(t) < max_age)
+        {
+            return;
+        }
+        // Points whose age has reached the limit go: stored_at <= wall - max_age.
+        match self.backlog.enforce_age(wall - max_age + 1) {
+            Ok(dropped) if dropped > 0 => {
+                self.counters.dropped += dropped;
+                let age = self.s.max_backlog_age;
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "Dropped {dropped} backlog points older than max_backlog_age ({age} s)"
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => self.log(
+                Level::Error,
+                format!("Could not apply max_backlog_age: {e}"),
+            ),
+        }
+    }
+
+    fn sync_backlog(&mut self) {
+        if let Err(e) = self.backlog.sync() {
+            self.log(
+                Level::Error,
+                format!("Could not sync the backlog to disk: {e}"),
+            );
+        }
+    }
+
+    fn on_connected(&mut self, periodic: bool, now: Instant) {
+        self.last_check = now;
+        match self.conn {
+            Conn::Connected if periodic => {
+                self.log(
+                    Level::Info,
+                    "Periodic reconnect: connection to InfluxDB is healthy".into(),
+                );
+            }
+            Conn::Connecting { attempt: 0 } => {
+                self.log(
+                    Level::Info,
+                    format!("Connected to InfluxDB at {}", self.s.address()),
+                );
+                self.need_create_db = true;
+            }
+            _ => {
+                self.log(Level::Info, "Successfully reconnected to InfluxDB".into());
+                self.need_create_db = true;
+            }
+        }
+        self.conn = Conn::Connected;
+        self.outage_logged = false;
+        if self.backlog.is_empty() && self.ready.is_empty() {
+            self.streak = 0;
+        }
+    }
+
+    fn on_write_answer(
+        &mut self,
+        source: Source,
+        status: u16,
+        body: &str,
+        now: Instant,
+        wall: i64,
+    ) {
+        let n = match &source {
+            Source::Memory(p) => p.len() as u64,
+            Source::Backlog(n) => *n,
+        };
+        let rejected = match status {
+            200..=299 => 0,
+            // InfluxDB took what it could parse; retrying cannot help.
+            400 => http::partial_write_dropped(body).unwrap_or(n).min(n),
+            _ => {
+                let reason = format!(
+                    "write answered HTTP {status}: {}",
+                    http::server_reason(body)
+                );
+                return self.on_failure(Flight::Write(source), &reason, now, wall);
+            }
+        };
+        if rejected > 0 {
+            self.counters.rejected += rejected;
+            let reason = http::server_reason(body);
+            self.log(
+                Level::Warn,
+                format!("InfluxDB rejected {rejected} of {n} points: {reason}"),
+            );
+        }
+        self.counters.delivered += n - rejected;
+        self.streak = 0;
+        if let Source::Backlog(n) = source {
+            if let Err(e) = self.backlog.consume(n) {
+                self.log(
+                    Level::Error,
+                    format!("Could not advance the backlog cursor: {e}"),
+                );
+            }
+            let written = self.draining.get_or_insert(0);
+            *written += n;
+            if self.backlog.is_empty() {
+                let written = self.draining.take().unwrap_or(n);
+                self.log(
+                    Level::Info,
+                    format!("Successfully wrote {written} backlog points to InfluxDB"),
+                );
+            }
+        }
+    }
+
+    /// A request failed: keep its points, leave the connected state, and
+    /// schedule the next attempt.
+    fn on_failure(&mut self, what: Flight, reason: &str, now: Instant, wall: i64) {
+        if let Flight::Write(Source::Memory(points)) = what {
+            self.store(points, wall);
+        }
+        while let Some(b) = self.ready.pop_front() {
+            self.store(b, wall);
+        }
+        let attempt = match self.conn {
+            Conn::Connecting { attempt } if attempt > 0 => {
+                let max = self.s.reconnect_attempts;
+                let next = attempt + 1;
+                let delay = self.next_delay(next);
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "Reconnect attempt {attempt} failed: {reason}; next attempt in {} s",
+                        fmt_secs(delay)
+                    ),
+                );
+                if attempt == max {
+                    let every = self.s.max_reconnect_delay;
+                    self.log(
+                        Level::Warn,
+                        format!("Could not reconnect after {max} attempts; keeping data in the backlog and retrying every {every} s"),
+                    );
+                }
+                self.streak = next;
+                self.conn = Conn::BackingOff {
+                    attempt: next,
+                    at: now + delay,
+                };
+                return;
+            }
+            _ => {
+                self.streak += 1;
+                self.streak
+            }
+        };
+        self.log(
+            Level::Warn,
+            format!(
+                "Connection to InfluxDB at {} failed: {reason}",
+                self.s.address()
+            ),
+        );
+        if !self.outage_logged {
+            self.outage_logged = true;
+            self.log(
+                Level::Warn,
+                "Not connected to InfluxDB, storing data in backlog".into(),
+            );
+        }
+        let delay = self.next_delay(attempt);
+        self.conn = Conn::BackingOff {
+            attempt,
+            at: now + delay,
+        };
+    }
+
+    fn next_delay(&mut self, attempt: u32) -> u64 {
+        let base = backoff::delay_ns(&self.s, attempt);
+        self.jitter.apply(base, self.s.reconnect_jitter)
+    }
+}
+
+fn secs(s: f64) -> u64 {
+    (s * NANOS) as u64
+}
+
+fn fmt_secs(ns: u64) -> String {
+    let s = ns as f64 / NANOS;
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.3}")
+    }
+}
+
+fn body(points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum());
+    for p in points {
+        p.write_line_protocol(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

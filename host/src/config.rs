@@ -1,0 +1,185 @@
+//! The pipeline's configuration file: output sections (`transport =
+//! influxdb_out`) and an optional generator source, checked as a whole
+//! before anything starts.
+
+use std::path::{Path, PathBuf};
+
+use influx_sink_component::config::Settings;
+use influx_sink_component::ini;
+
+use crate::generator::GeneratorSpec;
+
+/// One output section, checked, with where its backlog lives on the host.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub settings: Settings,
+    /// The section's `key = value` pairs as written; the component parses
+    /// them itself, so it can run in any host.
+    pub pairs: Vec<(String, String)>,
+    /// `<persistent_storage_path>/<section>`, relative paths resolved
+    /// against the config file's directory.
+    pub backlog_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    Stdin,
+    Generator(GeneratorSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub outputs: Vec<OutputSpec>,
+    pub source: SourceSpec,
+    pub warnings: Vec<String>,
+}
+
+/// A config problem, naming the file and (where known) line, section and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileError(pub String);
+
+impl std::fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+pub fn load(path: &Path) -> Result<PipelineSpec, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigFileError(format!(
+            "{}: cannot read the config file: {e}",
+            path.display()
+        ))
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &path.display().to_string(), &base)
+}
+
+/// Parse config `text` (named `file` in errors); relative backlog paths are
+/// resolved against `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, ConfigFileError> {
+    let sections = ini::parse(text).map_err(|e| ConfigFileError(format!("{file}: {e}")))?;
+    let mut outputs = Vec::new();
+    let mut source = SourceSpec::Stdin;
+    let mut warnings = Vec::new();
+    for section in &sections {
+        let transport = section.get("transport").map(|e| e.value.as_str());
+        let at_key = |key: &str| {
+            section
+                .get(key)
+                .map(|e| format!(" (line {})", e.line))
+                .unwrap_or_default()
+        };
+        match transport {
+            Some("influxdb_out") => {
+                let pairs = section.pairs();
+                let (settings, w) = Settings::from_pairs(&section.name, &pairs)
+                    .map_err(|e| ConfigFileError(format!("{file}{}: {e}", at_key(&e.key))))?;
+                warnings.extend(w.into_iter().map(|w| format!("{file}: {w}")));
+                let root = Path::new(&settings.persistent_storage_path);
+                let root = if root.is_absolute() {
+                    root.to_path_buf()
+                } else {
+                    base.join(root)
+                };
+                let backlog_dir = root.join(&section.name);
+                outputs.push(OutputSpec {
+                    settings,
+                    pairs,
+                    backlog_dir,
+                });
+            }
+            Some("generator") => {
+                if matches!(source, SourceSpec::Generator(_)) {
+                    return Err(ConfigFileError(format!(
+                        "{file}: [{}] is a second generator; only one source is supported",
+                        section.name
+                    )));
+                }
+                let spec = GeneratorSpec::from_section(section)
+                    .map_err(|e| ConfigFileError(format!("{file}: {e}")))?;
+                source = SourceSpec::Generator(spec);
+            }
+            Some(other) => warnings.push(format!(
+                "{file}: [{}] transport `{other}` is not handled by influx-sink; section ignored",
+                section.name
+            )),
+            None => warnings.push(format!(
+                "{file}: [{}] has no `transport` key; section ignored",
+                section.name
+            )),
+        }
+    }
+    if outputs.is_empty() {
+        return Err(ConfigFileError(format!(
+            "{file}: no output section: add a section with `transport = influxdb_out`"
+        )));
+    }
+    let mut dirs: Vec<&PathBuf> = outputs
+        .iter()
+        .filter(|o| o.settings.enable_persistent_storage)
+        .map(|o| &o.backlog_dir)
+        .collect();
+    dirs.sort();
+    if let Some(w) = dirs.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigFileError(format!(
+            "{file}: two outputs share the backlog directory {}",
+            w[0].display()
+        )));
+    }
+    Ok(PipelineSpec {
+        outputs,
+        source,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_file_line_section_key_value() {
+        let text = "[out]\ntransport = influxdb_out\nbatch_size = lots\n";
+        let e = parse(text, "gw.ini", Path::new("/etc"))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "gw.ini",
+            "line 3",
+            "[out]",
+            "batch_size",
+            "lots",
+            "expected",
+        ] {
+            assert!(e.contains(part), "{part} missing in: {e}");
+        }
+    }
+
+    #[test]
+    fn relative_backlog_path_is_per_section_under_config_dir() {
+        let text = "[a]\ntransport = influxdb_out\n[b]\ntransport = influxdb_out\npersistent_storage_path = /var/lib/x\n";
+        let p = parse(text, "f", Path::new("/etc/gw")).unwrap();
+        assert_eq!(
+            p.outputs[0].backlog_dir,
+            PathBuf::from("/etc/gw/influxdb_backlog/a")
+        );
+        assert_eq!(p.outputs[1].backlog_dir, PathBuf::from("/var/lib/x/b"));
+        assert!(matches!(p.source, SourceSpec::Stdin));
+    }
+
+    #[test]
+    fn no_output_is_an_error_and_unknown_transport_warns() {
+        assert!(parse("[x]\ntransport = mqtt\n", "f", Path::new(".")).is_err());
+        let p = parse(
+            "[x]\ntransport = mqtt\n[o]\ntransport = influxdb_out\nfoo = 1\n",
+            "f",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[1].contains("foo"));
+    }
+}

@@ -1,0 +1,10 @@
+//! influx-sink host: loads the sink component into wasmtime, one instance
+//! per output section, and runs sources into them.
+
+pub mod bindings;
+pub mod config;
+pub mod generator;
+pub mod log;
+pub mod pipeline;
+pub mod runtime;
+pub mod simulate;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine for influx-sink and builds it:
+# the wasm32-wasip2 target, InfluxDB 1.x and VictoriaMetrics for the tests,
+# the host (release) and the component (wasm32-wasip2, release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  as_root apt-get update -qq
+  # The packages' services are not started here; the tests start their own.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  echo "setup: adding the wasm32-wasip2 target"
+  rustup target add wasm32-wasip2
+fi
+
+echo "setup: building the component (wasm32-wasip2) and the host"
+cargo build --release --locked --target wasm32-wasip2 -p influx-sink-component
+cargo build --release --locked -p influx-sink-host
