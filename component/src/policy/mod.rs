@@ -50,6 +50,13 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// Progress of one backlog flush, for its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Drain {
+    announced: u64,
+    written: u64,
+}
+
 /// Connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Conn {
@@ -103,7 +110,7 @@ pub struct Policy<B: Backlog> {
     last_check: Instant,
     outage_logged: bool,
     /// Backlog points flushed since the drain began (for its log lines).
-    draining: Option<u64>,
+    draining: Option<Drain>,
     storage_error_logged: bool,
     counters: Counters,
     jitter: Jitter,
@@ -256,8 +263,8 @@ impl<B: Backlog> Policy<B> {
         self.sync_backlog();
     }
 
-    /// Stop: whatever is not delivered goes to the backlog. Returns how many
-    /// points could not be kept (persistent storage disabled or failing).
+    /// Stop: whatever is not delivered goes to the backlog (which, with
+    /// persistent storage disabled, is lost with the process: said in a log).
     pub fn shutdown(&mut self, now: Instant, wall: i64) {
         self.clock = (now, wall);
         self.seal_batch(wall);
@@ -267,6 +274,13 @@ impl<B: Backlog> Policy<B> {
         }
         self.in_flight = None;
         self.sync_backlog();
+        if !self.s.enable_persistent_storage && !self.backlog.is_empty() {
+            let n = self.backlog.len();
+            self.log(
+                Level::Warn,
+                format!("Persistent storage is disabled: {n} undelivered points are lost at exit"),
+            );
+        }
     }
 
     // ----- handlers of what happened -----
@@ -386,10 +400,14 @@ impl<B: Backlog> Policy<B> {
                     }
                 };
                 if self.draining.is_none() {
-                    self.draining = Some(0);
+                    let announced = self.backlog.len();
+                    self.draining = Some(Drain {
+                        announced,
+                        written: 0,
+                    });
                     self.log(
                         Level::Info,
-                        format!("Flushing {} backlog points to InfluxDB", self.backlog.len()),
+                        format!("Flushing {announced} backlog points to InfluxDB"),
                     );
                 }
                 let n = points.len() as u32;
@@ -660,14 +678,22 @@ impl<B: Backlog> Policy<B> {
                     format!("Could not advance the backlog cursor: {e}"),
                 );
             }
-            let written = self.draining.get_or_insert(0);
-            *written += n;
+            let drain = self.draining.get_or_insert(Drain {
+                announced: 0,
+                written: 0,
+            });
+            drain.written += n;
             if self.backlog.is_empty() {
-                let written = self.draining.take().unwrap_or(n);
-                self.log(
-                    Level::Info,
-                    format!("Successfully wrote {written} backlog points to InfluxDB"),
-                );
+                let Drain { announced, written } = self.draining.take().unwrap_or_default();
+                let mut line = format!("Successfully wrote {written} backlog points to InfluxDB");
+                if written > announced {
+                    // The server was slower than the input while draining.
+                    line.push_str(&format!(
+                        " ({} joined the backlog during the flush)",
+                        written - announced
+                    ));
+                }
+                self.log(Level::Info, line);
             }
         }
     }
