@@ -58,8 +58,9 @@ impl Settings {
         }
     }
 
-    /// Parse a section's `(key, value)` pairs. Unknown keys are returned as
-    /// warnings; the first invalid value is an error.
+    /// Parse a section's `(key, value)` pairs. Unknown keys are returned by
+    /// name (the caller knows where they were written); the first invalid
+    /// value is an error.
     pub fn from_pairs(
         name: &str,
         pairs: &[(String, String)],
@@ -171,15 +172,38 @@ impl Settings {
                         .filter(|f| (0.0..1.0).contains(f))
                         .ok_or_else(|| err("a fraction from 0 (none) to below 1, e.g. 0.2"))?
                 }
-                other => warnings.push(format!("[{name}] unknown key `{other}` is ignored")),
+                other => warnings.push(other.to_string()),
             }
         }
         if s.max_reconnect_delay < s.reconnect_delay {
+            // Blame the key the user wrote: max_reconnect_delay if set, else
+            // reconnect_delay against the default cap.
+            let wrote_max = pairs.iter().any(|(k, _)| k == "max_reconnect_delay");
+            let (key, value, expected) = if wrote_max {
+                let v = s.max_reconnect_delay;
+                (
+                    "max_reconnect_delay",
+                    v,
+                    format!("at least reconnect_delay ({})", s.reconnect_delay),
+                )
+            } else {
+                let v = s.reconnect_delay;
+                (
+                    "reconnect_delay",
+                    v,
+                    format!("at most max_reconnect_delay ({})", s.max_reconnect_delay),
+                )
+            };
+            let value = pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map_or(value.to_string(), |(_, v)| v.clone());
             return Err(ConfigError {
                 section: name.to_string(),
-                key: "max_reconnect_delay".into(),
-                value: s.max_reconnect_delay.to_string(),
-                expected: format!("at least reconnect_delay ({})", s.reconnect_delay),
+                key: key.into(),
+                value,
+                expected,
             });
         }
         Ok((s, warnings))
@@ -350,7 +374,6 @@ mod tests {
     #[test]
     fn unknown_keys_warn_by_name() {
         let (_, w) = Settings::from_pairs("o", &pairs(&[("batchsize", "5")])).unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("batchsize"));
+        assert_eq!(w, vec!["batchsize".to_string()]);
     }
 }

@@ -363,8 +363,12 @@ impl GuestSink for Sink {
     fn open(name: String, settings: Vec<(String, String)>) -> Result<wit::Sink, String> {
         let (settings, warnings) =
             Settings::from_pairs(&name, &settings).map_err(|e| e.to_string())?;
-        for w in &warnings {
-            emit(&name, Level::Warn, w);
+        for key in &warnings {
+            emit(
+                &name,
+                Level::Warn,
+                &format!("unknown key `{key}` is ignored"),
+            );
         }
         let driver = Driver::new(settings)?;
         Ok(wit::Sink::new(Sink {

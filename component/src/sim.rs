@@ -375,8 +375,16 @@ pub fn plan_outage(
     let mut peak = 0u64;
     let mut recovered_at = None;
     let mut drained_at = None;
+    let mut flushed = false;
     loop {
         let writing = per_step > 0 && next_write <= stop_input;
+        if !writing && !flushed {
+            // The input ended: send the last partial batch now, as `run` does.
+            flushed = true;
+            let wall = sim.wall();
+            sim.policy.flush(sim.now, wall);
+            sim.turn();
+        }
         let next = match (sim.next_event(), writing) {
             (Some(e), true) => e.min(next_write),
             (Some(e), false) => e,
@@ -405,7 +413,7 @@ pub fn plan_outage(
         {
             drained_at = Some(sim.now);
         }
-        if drained_at.is_some() && !writing {
+        if drained_at.is_some() && !writing && st.pending == 0 {
             break;
         }
     }

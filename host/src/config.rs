@@ -74,10 +74,18 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
         };
         match transport {
             Some("influxdb_out") => {
-                let pairs = section.pairs();
+                let mut pairs = section.pairs();
                 let (settings, w) = Settings::from_pairs(&section.name, &pairs)
                     .map_err(|e| ConfigFileError(format!("{file}{}: {e}", at_key(&e.key))))?;
-                warnings.extend(w.into_iter().map(|w| format!("{file}: {w}")));
+                warnings.extend(w.iter().map(|key| {
+                    format!(
+                        "{file}{}: [{}] unknown key `{key}` is ignored",
+                        at_key(key),
+                        section.name
+                    )
+                }));
+                // Warned here with its line; the component need not repeat it.
+                pairs.retain(|(k, _)| !w.contains(k));
                 let root = Path::new(&settings.persistent_storage_path);
                 let root = if root.is_absolute() {
                     root.to_path_buf()
