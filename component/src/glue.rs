@@ -125,6 +125,8 @@ impl Driver {
                 break;
             };
             let id = req.id;
+            // The next iteration makes its first progress; an answer that
+            // is already there is then handed to the policy, never lost.
             match Exchange::start(req, self.policy.settings()) {
                 Ok(ex) => self.exchange = Some(ex),
                 Err(reason) => self
@@ -206,7 +208,7 @@ impl Exchange {
         let _ = options.set_between_bytes_timeout(Some(timeout));
         let future = outgoing_handler::handle(request, Some(options))
             .map_err(|e| format!("request refused: {e:?}"))?;
-        let mut ex = Exchange {
+        let ex = Exchange {
             id: req.id,
             out_ready: Some(out_stream.subscribe()),
             in_ready: None,
@@ -220,9 +222,6 @@ impl Exchange {
             answer: None,
             future,
         };
-        if let Some(Outcome::Failed { reason }) = ex.progress() {
-            return Err(reason);
-        }
         Ok(ex)
     }
 

@@ -81,9 +81,10 @@ impl GeneratorSpec {
     }
 }
 
-/// Renders generated points as line protocol. Point `i` has tag
-/// `device=dev<i % series>`, field `seq=<i>i`, float fields `f1..`, and the
-/// unique timestamp `start_ns + i`, so re-sends overwrite rather than add.
+/// Renders generated points as line protocol. Point `i` has tags
+/// `device=inverter-<i % series>`, `model`, `site`, integer field `seq=<i>i`,
+/// float fields with an inverter's names, and the unique timestamp
+/// `start_ns + i`, so re-sends overwrite rather than add.
 pub struct Generator {
     spec: GeneratorSpec,
     start_ns: i64,
@@ -117,15 +118,20 @@ impl Generator {
         };
         for _ in 0..n {
             let i = self.next;
+            let device = i % self.spec.series as u64;
             let _ = write!(
                 out,
-                "{},device=dev{} seq={i}i",
+                "{},device=inverter-{device:03},model=sun2000-10ktl-m1,site=plant-{:02} seq={i}i",
                 self.spec.measurement,
-                i % self.spec.series as u64
+                device % 7
             );
             for k in 1..self.spec.fields as u64 {
                 let v = (i.wrapping_mul(2654435761).wrapping_add(k * 7919)) % 100_000;
-                let _ = write!(out, ",f{k}={}.{:02}", v / 100, v % 100);
+                match FIELD_NAMES.get(k as usize - 1) {
+                    Some(name) => write!(out, ",{name}={}.{:02}", v / 100, v % 100),
+                    None => write!(out, ",f{k}={}.{:02}", v / 100, v % 100),
+                }
+                .ok();
             }
             let _ = writeln!(out, " {}", self.start_ns + i as i64);
             self.next += 1;
@@ -133,6 +139,30 @@ impl Generator {
         n
     }
 }
+
+/// What a solar inverter reports; a 20-field point is about 575 bytes of
+/// line protocol, like the gateway's.
+const FIELD_NAMES: [&str; 19] = [
+    "pv1_voltage_v",
+    "pv1_current_a",
+    "pv2_voltage_v",
+    "pv2_current_a",
+    "grid_voltage_l1_v",
+    "grid_voltage_l2_v",
+    "grid_voltage_l3_v",
+    "grid_current_l1_a",
+    "grid_current_l2_a",
+    "grid_current_l3_a",
+    "active_power_w",
+    "reactive_power_var",
+    "power_factor",
+    "grid_frequency_hz",
+    "internal_temp_c",
+    "daily_energy_kwh",
+    "total_energy_kwh",
+    "insulation_res_kohm",
+    "efficiency_pct",
+];
 
 #[cfg(test)]
 mod tests {
@@ -154,11 +184,20 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5);
         assert!(
-            lines[1].starts_with("device_data,device=dev1 seq=1i,f1="),
+            lines[1].starts_with(
+                "device_data,device=inverter-001,model=sun2000-10ktl-m1,site=plant-01 seq=1i,pv1_voltage_v="
+            ),
             "{}",
             lines[1]
         );
         assert!(lines[4].ends_with(" 1004"));
+        let mut full = Vec::new();
+        Generator::new(GeneratorSpec::default(), 1_700_000_000_000_000_000).fill(1, &mut full);
+        assert!(
+            (540..620).contains(&full.len()),
+            "a 20-field point is {} bytes",
+            full.len()
+        );
         let (points, errors) =
             influx_sink_component::line_protocol::parse_lines(text.as_bytes(), 0);
         assert!(errors.is_empty(), "{errors:?}");
