@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod fanout;
 pub mod generator;
 pub mod log;
 pub mod pipeline;

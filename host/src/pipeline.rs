@@ -1,16 +1,19 @@
 //! `influx-sink run`: one task per sink, fed by one source through bounded
-//! queues. Sink calls never block (the component does HTTP without
-//! blocking), so a dead server never stalls the source or other sinks.
+//! queues (see `fanout`). Sink calls never block (the component does HTTP
+//! without blocking), so a dead server never stalls the source or other
+//! sinks.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
 use tokio::io::AsyncReadExt;
+
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use wasmtime::Result;
 
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
+use crate::fanout::{Chunk, Fanout, Inlet};
 use crate::generator::{Generator, GeneratorSpec};
 use crate::log;
 use crate::runtime::{Runtime, SinkInstance};
@@ -21,12 +24,6 @@ const QUEUE_CHUNKS: usize = 16;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Rejected input lines logged one by one before the rest are only counted.
 const MAX_REJECTION_LOGS: u64 = 100;
-
-/// A piece of input: whole lines, and the 1-based number of its first line.
-struct Chunk {
-    bytes: Arc<Vec<u8>>,
-    first_line: u64,
-}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -73,22 +70,22 @@ pub async fn run(
     for output in &spec.outputs {
         sinks.push((output.clone(), runtime.instantiate(output).await?));
     }
-    let mut senders = Vec::new();
+    let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
+    let mut fanout = Fanout::new(live);
     let mut tasks = Vec::new();
     for (output, instance) in sinks {
-        let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-        senders.push(tx);
+        let inlet = fanout.add(&output.settings.name, QUEUE_CHUNKS);
         tasks.push(tokio::spawn(sink_task(
             output,
             instance,
-            rx,
+            inlet,
             opts.drain_timeout,
             stop.clone(),
         )));
     }
     let source = match spec.source {
-        SourceSpec::Stdin => tokio::spawn(read_stdin(senders, stop.clone())),
-        SourceSpec::Generator(g) => tokio::spawn(generate(g, senders, stop.clone())),
+        SourceSpec::Stdin => tokio::spawn(read_stdin(fanout, stop.clone())),
+        SourceSpec::Generator(g) => tokio::spawn(generate(g, fanout, stop.clone())),
     };
     if let Err(e) = source.await {
         log::error("source", &format!("input stopped: {e}"));
@@ -112,21 +109,7 @@ pub async fn run(
     Ok((total, failed))
 }
 
-async fn broadcast(senders: &[mpsc::Sender<Chunk>], bytes: Vec<u8>, first_line: u64) {
-    let bytes = Arc::new(bytes);
-    for tx in senders {
-        // Backpressure, not loss: a sink never blocks in a call, so a full
-        // queue only means the machine is busy.
-        let _ = tx
-            .send(Chunk {
-                bytes: bytes.clone(),
-                first_line,
-            })
-            .await;
-    }
-}
-
-async fn read_stdin(senders: Vec<mpsc::Sender<Chunk>>, mut stop: watch::Receiver<bool>) {
+async fn read_stdin(mut fanout: Fanout, mut stop: watch::Receiver<bool>) {
     let mut stdin = tokio::io::stdin();
     let mut carry: Vec<u8> = Vec::new();
     let mut line_no = 1u64;
@@ -150,20 +133,16 @@ async fn read_stdin(senders: Vec<mpsc::Sender<Chunk>>, mut stop: watch::Receiver
             let rest = carry.split_off(end + 1);
             let chunk = std::mem::replace(&mut carry, rest);
             let lines = chunk.iter().filter(|b| **b == b'\n').count() as u64;
-            broadcast(&senders, chunk, line_no).await;
+            fanout.send(chunk, line_no, lines).await;
             line_no += lines;
         }
     }
     if !carry.is_empty() && !*stop.borrow() {
-        broadcast(&senders, carry, line_no).await;
+        fanout.send(carry, line_no, 1).await;
     }
 }
 
-async fn generate(
-    spec: GeneratorSpec,
-    senders: Vec<mpsc::Sender<Chunk>>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn generate(spec: GeneratorSpec, mut fanout: Fanout, mut stop: watch::Receiver<bool>) {
     let start_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -188,7 +167,7 @@ async fn generate(
         };
         let mut out = Vec::with_capacity(n as usize * 600);
         let made = gen.fill(n, &mut out);
-        broadcast(&senders, out, line_no).await;
+        fanout.send(out, line_no, made).await;
         line_no += made;
     }
 }
@@ -198,12 +177,13 @@ type SinkResult = std::result::Result<Summary, (Summary, wasmtime::Error)>;
 async fn sink_task(
     output: OutputSpec,
     mut sink: SinkInstance,
-    rx: mpsc::Receiver<Chunk>,
+    inlet: Inlet,
     drain_timeout: Duration,
     stop: watch::Receiver<bool>,
 ) -> SinkResult {
     let name = output.settings.name.clone();
-    let outcome = drive(&name, &mut sink, rx, drain_timeout, stop).await;
+    let missed = inlet.missed.clone();
+    let outcome = drive(&name, &mut sink, inlet.rx, drain_timeout, stop).await;
     // Whatever happened, undelivered points go to the backlog.
     let closing = async {
         sink.shutdown().await?;
@@ -217,7 +197,7 @@ async fn sink_task(
             accepted: st.accepted,
             delivered: st.delivered,
             backlogged: st.pending,
-            dropped: st.dropped,
+            dropped: st.dropped + missed.load(Ordering::Relaxed),
             rejected: st.rejected,
         },
         Err(_) => Summary::default(),
