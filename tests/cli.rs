@@ -78,6 +78,8 @@ fn validate_minimal_section_prints_every_key_with_gateway_defaults() {
         ("max_backlog_age", Want::Num(86400.0)),
         ("connection_timeout", Want::Num(10.0)),
         ("reconnect_jitter", Want::Num(0.0)),
+        ("backlog_sync", Want::Text("batch")),
+        ("max_backlog_bytes", Want::Num(1073741824.0)),
     ]
     .into_iter()
     .collect();

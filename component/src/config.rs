@@ -29,6 +29,68 @@ pub struct Settings {
     pub max_backlog_age: f64,
     pub connection_timeout: f64,
     pub reconnect_jitter: f64,
+    pub backlog_sync: BacklogSync,
+    /// Most bytes the backlog may take on disk (encoded size in memory).
+    pub max_backlog_bytes: u64,
+}
+
+/// When backlog writes are forced to stable storage (`backlog_sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BacklogSync {
+    /// fsync after every record appended.
+    Always,
+    /// fsync once per group of records appended in one call, before the
+    /// sink counts them as stored.
+    Batch,
+    /// fsync at most every N milliseconds.
+    IntervalMs(u64),
+    /// Never fsync: survives a killed process, not a power cut.
+    Never,
+}
+
+impl BacklogSync {
+    fn parse(v: &str) -> Option<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "always" => Some(BacklogSync::Always),
+            "batch" => Some(BacklogSync::Batch),
+            "never" => Some(BacklogSync::Never),
+            other => other
+                .strip_prefix("interval_ms:")
+                .and_then(|n| n.trim().parse().ok())
+                .filter(|n| (1..=3_600_000).contains(n))
+                .map(BacklogSync::IntervalMs),
+        }
+    }
+}
+
+impl std::fmt::Display for BacklogSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BacklogSync::Always => f.write_str("always"),
+            BacklogSync::Batch => f.write_str("batch"),
+            BacklogSync::IntervalMs(n) => write!(f, "interval_ms:{n}"),
+            BacklogSync::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// A byte count, optionally with a unit: `1048576`, `512MiB`, `2 GB`.
+fn byte_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 impl Settings {
@@ -55,6 +117,8 @@ impl Settings {
             max_backlog_age: 86400.0,
             connection_timeout: 10.0,
             reconnect_jitter: 0.0,
+            backlog_sync: BacklogSync::Batch,
+            max_backlog_bytes: 1 << 30,
         }
     }
 
@@ -172,6 +236,17 @@ impl Settings {
                         .filter(|f| (0.0..1.0).contains(f))
                         .ok_or_else(|| err("a fraction from 0 (none) to below 1, e.g. 0.2"))?
                 }
+                "backlog_sync" => {
+                    s.backlog_sync = BacklogSync::parse(v).ok_or_else(|| {
+                        err("always, batch, interval_ms:N (1 to 3600000) or never")
+                    })?
+                }
+                "max_backlog_bytes" => {
+                    s.max_backlog_bytes =
+                        byte_size(v).filter(|n| *n >= 64 * 1024).ok_or_else(|| {
+                            err("a size of at least 64KiB, e.g. 1073741824, 512MiB or 2GB")
+                        })?
+                }
                 other => warnings.push(other.to_string()),
             }
         }
@@ -256,6 +331,8 @@ impl Settings {
             ("max_backlog_age", self.max_backlog_age.to_string()),
             ("connection_timeout", self.connection_timeout.to_string()),
             ("reconnect_jitter", self.reconnect_jitter.to_string()),
+            ("backlog_sync", self.backlog_sync.to_string()),
+            ("max_backlog_bytes", self.max_backlog_bytes.to_string()),
         ]
     }
 }
@@ -357,6 +434,46 @@ mod tests {
                     && text.contains(v)
                     && text.contains("expected"),
                 "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn backlog_sync_and_byte_sizes_parse() {
+        for (v, want) in [
+            ("always", BacklogSync::Always),
+            ("Batch", BacklogSync::Batch),
+            ("never", BacklogSync::Never),
+            ("interval_ms:250", BacklogSync::IntervalMs(250)),
+        ] {
+            let (s, _) = Settings::from_pairs("o", &pairs(&[("backlog_sync", v)])).unwrap();
+            assert_eq!(s.backlog_sync, want);
+            assert_eq!(BacklogSync::parse(&want.to_string()), Some(want));
+        }
+        for bad in [
+            "sometimes",
+            "interval_ms:",
+            "interval_ms:0",
+            "interval_ms:x",
+        ] {
+            assert!(
+                Settings::from_pairs("o", &pairs(&[("backlog_sync", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        for (v, want) in [
+            ("1048576", 1u64 << 20),
+            ("512MiB", 512 << 20),
+            ("2 GB", 2_000_000_000),
+            ("64k", 65536),
+        ] {
+            let (s, _) = Settings::from_pairs("o", &pairs(&[("max_backlog_bytes", v)])).unwrap();
+            assert_eq!(s.max_backlog_bytes, want, "{v}");
+        }
+        for bad in ["lots", "10", "5 parsecs", "99999999999999999999"] {
+            assert!(
+                Settings::from_pairs("o", &pairs(&[("max_backlog_bytes", bad)])).is_err(),
+                "{bad}"
             );
         }
     }

@@ -3,10 +3,10 @@
 
 use std::cell::RefCell;
 
-use crate::backlog::file::{FileBacklog, SyncMode};
+use crate::backlog::file::{FileBacklog, SyncMode, DEFAULT_SEGMENT_BYTES};
 use crate::backlog::memory::MemoryBacklog;
 use crate::backlog::Backlog;
-use crate::config::{Settings, NANOS};
+use crate::config::{BacklogSync, Settings, NANOS};
 use crate::line_protocol::{self, FieldValue};
 use crate::policy::{Level, Outcome, Policy, Request};
 use crate::snapshot;
@@ -76,9 +76,17 @@ fn open_backlog(s: &Settings) -> Result<Box<dyn Backlog>, String> {
     if !s.enable_persistent_storage {
         return Ok(Box::new(MemoryBacklog::new()));
     }
-    let (backlog, report) = FileBacklog::open(std::path::Path::new(BACKLOG_DIR), SyncMode::Batch).map_err(|e| {
+    // The policy decides when to sync in `batch` and `interval_ms` modes.
+    let mode = match s.backlog_sync {
+        BacklogSync::Always => SyncMode::Always,
+        BacklogSync::Batch | BacklogSync::IntervalMs(_) => SyncMode::Batch,
+        BacklogSync::Never => SyncMode::Never,
+    };
+    let (mut backlog, report) = FileBacklog::open(std::path::Path::new(BACKLOG_DIR), mode).map_err(|e| {
         format!("[{}] persistent storage is enabled but the backlog directory {BACKLOG_DIR} is not usable: {e}", s.name)
     })?;
+    // Space is freed a segment at a time: keep segments small against the limit.
+    backlog.set_segment_bytes((s.max_backlog_bytes / 16).clamp(64 * 1024, DEFAULT_SEGMENT_BYTES));
     for w in &report.warnings {
         emit(&s.name, Level::Warn, w);
     }
@@ -459,10 +467,18 @@ impl GuestSink for Sink {
             delivered: s.counters.delivered,
             backlogged: s.counters.backlogged,
             dropped: s.counters.dropped,
+            dropped_by: wit::Drops {
+                size: s.counters.drops.size,
+                bytes: s.counters.drops.bytes,
+                age: s.counters.drops.age,
+                storage: s.counters.drops.storage,
+                corrupt: s.counters.drops.corrupt,
+            },
             rejected: s.counters.rejected,
             backlog_points: s.backlog_points,
             backlog_bytes: s.backlog_bytes,
             pending: s.pending,
+            held_points: d.policy.held_points(),
             reconnect_attempts: s.counters.reconnect_attempts,
             state: s.state.to_string(),
         }

@@ -66,6 +66,26 @@ pub trait Backlog {
     fn enforce_age(&mut self, cutoff: i64) -> Result<u64, BacklogError>;
     /// `stored_at` of the oldest point, if any.
     fn oldest_stored_at(&self) -> Option<i64>;
+
+    /// Drop the oldest points until `bytes()` is at most `max_bytes`;
+    /// returns how many were dropped. Storage frees space in whole units
+    /// (a file segment), so this drops in growing steps until it does,
+    /// overshooting by less than twice the last step.
+    fn enforce_bytes(&mut self, max_bytes: u64) -> Result<u64, BacklogError> {
+        let mut dropped = 0;
+        let mut step = 0u64;
+        while self.bytes() > max_bytes && !self.is_empty() {
+            let (len, bytes) = (self.len(), self.bytes());
+            let share = (len as u128 * (bytes - max_bytes) as u128).div_ceil(bytes as u128) as u64;
+            step = share.max(step.saturating_mul(2)).clamp(1, len);
+            let n = self.enforce_size(len - step)?;
+            if n == 0 {
+                break; // nothing more can go
+            }
+            dropped += n;
+        }
+        Ok(dropped)
+    }
 }
 
 /// Lets a driver choose the storage at run time (`Policy<Box<dyn Backlog>>`).
@@ -96,5 +116,8 @@ impl<B: Backlog + ?Sized> Backlog for Box<B> {
     }
     fn oldest_stored_at(&self) -> Option<i64> {
         (**self).oldest_stored_at()
+    }
+    fn enforce_bytes(&mut self, max_bytes: u64) -> Result<u64, BacklogError> {
+        (**self).enforce_bytes(max_bytes)
     }
 }

@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod http;
 mod log;
+pub mod storage;
 
 use std::collections::VecDeque;
 
@@ -19,6 +20,8 @@ use crate::point::Point;
 use backoff::Jitter;
 pub use http::{Outcome, Purpose, Request};
 pub use log::{Level, LogLine};
+pub use storage::{DropReason, Drops};
+use storage::{Report, Storage};
 
 /// Monotonic time in nanoseconds, from an origin the driver chooses.
 pub type Instant = u64;
@@ -81,6 +84,8 @@ pub struct Counters {
     pub dropped: u64,
     pub rejected: u64,
     pub reconnect_attempts: u64,
+    /// `dropped` by reason.
+    pub drops: Drops,
 }
 
 /// A snapshot of what the policy holds, for `stats`.
@@ -96,7 +101,7 @@ pub struct Stats {
 
 pub struct Policy<B: Backlog> {
     s: Settings,
-    backlog: B,
+    storage: Storage<B>,
     conn: Conn,
     /// Failures since the last proven delivery; picks the next delay.
     streak: u32,
@@ -111,7 +116,6 @@ pub struct Policy<B: Backlog> {
     outage_logged: bool,
     /// Backlog points flushed since the drain began (for its log lines).
     draining: Option<Drain>,
-    storage_error_logged: bool,
     counters: Counters,
     jitter: Jitter,
     logs: VecDeque<LogLine>,
@@ -130,8 +134,8 @@ impl<B: Backlog> Policy<B> {
                 (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
             });
         let mut p = Policy {
+            storage: Storage::new(backlog, &settings, now),
             s: settings,
-            backlog,
             conn: Conn::Connecting { attempt: 0 },
             streak: 0,
             batch: Vec::new(),
@@ -143,18 +147,17 @@ impl<B: Backlog> Policy<B> {
             last_check: now,
             outage_logged: false,
             draining: None,
-            storage_error_logged: false,
             counters: Counters::default(),
             jitter: Jitter::new(seed),
             logs: VecDeque::new(),
             clock: (now, wall),
         };
-        if !p.backlog.is_empty() {
+        if !p.storage.is_empty() {
             p.log(
                 Level::Info,
                 format!(
                     "Found {} backlog points from an earlier run",
-                    p.backlog.len()
+                    p.storage.len()
                 ),
             );
         }
@@ -166,12 +169,28 @@ impl<B: Backlog> Policy<B> {
     }
 
     pub fn backlog(&self) -> &B {
-        &self.backlog
+        self.storage.backlog()
+    }
+
+    /// The backlog itself (tests and simulations inject faults through it).
+    pub fn backlog_mut(&mut self) -> &mut B {
+        self.storage.backlog_mut()
+    }
+
+    /// Points held in memory because the backlog could not be written.
+    pub fn held_points(&self) -> u64 {
+        self.storage.held_points()
+    }
+
+    /// Count points found damaged in the backlog at open.
+    pub fn count_corrupt(&mut self, n: u64) {
+        self.counters.drops.add(DropReason::Corrupt, n);
+        self.counters.dropped = self.counters.drops.total();
     }
 
     /// Give the backlog back (tests: a crash keeps only what is on disk).
     pub fn into_backlog(self) -> B {
-        self.backlog
+        self.storage.into_backlog()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -221,9 +240,9 @@ impl<B: Backlog> Policy<B> {
         };
         Stats {
             counters: self.counters.clone(),
-            backlog_points: self.backlog.len(),
-            backlog_bytes: self.backlog.bytes(),
-            pending: in_memory + flying + self.backlog.len(),
+            backlog_points: self.storage.len(),
+            backlog_bytes: self.storage.bytes(),
+            pending: in_memory + flying + self.storage.held_points() + self.storage.len(),
             state: match self.conn {
                 Conn::Connected if self.draining.is_some() => "draining",
                 Conn::Connected => "connected",
@@ -250,7 +269,7 @@ impl<B: Backlog> Policy<B> {
             }
             self.batch.push(p);
             if self.batch.len() >= self.s.batch_size as usize {
-                self.seal_batch(wall);
+                self.seal_batch();
             }
         }
         self.sync_backlog();
@@ -259,7 +278,7 @@ impl<B: Backlog> Policy<B> {
     /// Send the current batch without waiting for `batch_timeout`.
     pub fn flush(&mut self, now: Instant, wall: i64) {
         self.clock = (now, wall);
-        self.seal_batch(wall);
+        self.seal_batch();
         self.sync_backlog();
     }
 
@@ -267,15 +286,22 @@ impl<B: Backlog> Policy<B> {
     /// persistent storage disabled, is lost with the process: said in a log).
     pub fn shutdown(&mut self, now: Instant, wall: i64) {
         self.clock = (now, wall);
-        self.seal_batch(wall);
-        self.spill_in_flight(wall);
+        self.seal_batch();
+        self.spill_in_flight();
         while let Some(b) = self.ready.pop_front() {
-            self.store(b, wall);
+            self.put(b);
         }
         self.in_flight = None;
         self.sync_backlog();
-        if !self.s.enable_persistent_storage && !self.backlog.is_empty() {
-            let n = self.backlog.len();
+        let held = self.storage.held_points();
+        if held > 0 {
+            self.log(
+                Level::Error,
+                format!("The backlog could not be written: {held} points held in memory are lost at exit"),
+            );
+        }
+        if !self.s.enable_persistent_storage && !self.storage.is_empty() {
+            let n = self.storage.len();
             self.log(
                 Level::Warn,
                 format!("Persistent storage is disabled: {n} undelivered points are lost at exit"),
@@ -292,7 +318,7 @@ impl<B: Backlog> Policy<B> {
             return; // timed out already, or unknown
         };
         match (flight.what, outcome) {
-            (what, Outcome::Failed { reason }) => self.on_failure(what, &reason, now, wall),
+            (what, Outcome::Failed { reason }) => self.on_failure(what, &reason, now),
             (Flight::Ping { periodic }, Outcome::Answer { status, body, .. }) => {
                 if (200..300).contains(&status) {
                     self.on_connected(periodic, now);
@@ -301,7 +327,7 @@ impl<B: Backlog> Policy<B> {
                         "/ping answered HTTP {status}: {}",
                         http::server_reason(&body)
                     );
-                    self.on_failure(Flight::Ping { periodic }, &reason, now, wall);
+                    self.on_failure(Flight::Ping { periodic }, &reason, now);
                 }
             }
             (Flight::CreateDatabase, Outcome::Answer { status, body, .. }) => {
@@ -322,7 +348,7 @@ impl<B: Backlog> Policy<B> {
                 }
             }
             (Flight::Write(source), Outcome::Answer { status, body, .. }) => {
-                self.on_write_answer(source, status, &body, now, wall)
+                self.on_write_answer(source, status, &body, now)
             }
         }
         self.sync_backlog();
@@ -337,16 +363,15 @@ impl<B: Backlog> Policy<B> {
                 "no answer within connection_timeout ({} s)",
                 self.s.connection_timeout
             );
-            self.on_failure(f.what, &reason, now, wall);
+            self.on_failure(f.what, &reason, now);
         }
         if self
             .batch_started
             .is_some_and(|t| now >= t + secs(self.s.batch_timeout))
         {
-            self.seal_batch(wall);
+            self.seal_batch();
         }
-        self.enforce_age(wall);
-        self.sync_backlog();
+        self.with_storage(|st, r| st.tick(now, wall, r));
     }
 
     // ----- polls -----
@@ -390,8 +415,8 @@ impl<B: Backlog> Policy<B> {
                 );
                 (Flight::Ping { periodic: true }, Request::ping(id, &self.s))
             }
-            Conn::Connected if !self.backlog.is_empty() => {
-                let points = match self.backlog.peek(self.s.batch_size as usize) {
+            Conn::Connected if !self.storage.is_empty() => {
+                let points = match self.storage.peek(self.s.batch_size as usize) {
                     Ok(p) if !p.is_empty() => p,
                     Ok(_) => return None,
                     Err(e) => {
@@ -400,7 +425,7 @@ impl<B: Backlog> Policy<B> {
                     }
                 };
                 if self.draining.is_none() {
-                    let announced = self.backlog.len();
+                    let announced = self.storage.len();
                     self.draining = Some(Drain {
                         announced,
                         written: 0,
@@ -417,7 +442,12 @@ impl<B: Backlog> Policy<B> {
                 )
             }
             Conn::Connected => {
-                let points = self.ready.pop_front()?;
+                // Held points (the backlog could not take them) are older
+                // than the ready batches.
+                let points = self
+                    .storage
+                    .take_held()
+                    .or_else(|| self.ready.pop_front())?;
                 let n = points.len() as u32;
                 let req = Request::write(id, &self.s, body(&points), n);
                 (Flight::Write(Source::Memory(points)), req)
@@ -444,7 +474,11 @@ impl<B: Backlog> Policy<B> {
                 Conn::BackingOff { at, .. } => consider(at),
                 Conn::Connecting { .. } => consider(now),
                 Conn::Connected => {
-                    if self.need_create_db || !self.ready.is_empty() || !self.backlog.is_empty() {
+                    if self.need_create_db
+                        || !self.ready.is_empty()
+                        || !self.storage.is_empty()
+                        || self.storage.held_points() > 0
+                    {
                         consider(now);
                     }
                     if self.s.periodic_reconnect_interval > 0.0 {
@@ -456,9 +490,8 @@ impl<B: Backlog> Policy<B> {
         if let Some(t) = self.batch_started {
             consider(t + secs(self.s.batch_timeout));
         }
-        if let Some(oldest) = self.backlog.oldest_stored_at() {
-            let expires = oldest.saturating_add(secs(self.s.max_backlog_age) as i64);
-            consider(now + expires.saturating_sub(wall).max(0) as u64);
+        if let Some(t) = self.storage.poll_timeout(now, wall) {
+            consider(t);
         }
         at
     }
@@ -481,7 +514,7 @@ impl<B: Backlog> Policy<B> {
 
     /// Move the current batch on: to the send queue while connected and
     /// nothing older waits in the backlog, else to the backlog.
-    fn seal_batch(&mut self, wall: i64) {
+    fn seal_batch(&mut self) {
         self.batch_started = None;
         if self.batch.is_empty() {
             return;
@@ -492,20 +525,20 @@ impl<B: Backlog> Policy<B> {
             if self.ready.len() > MAX_READY_BATCHES {
                 // The server is slower than the input: keep order by moving
                 // the in-flight batch and the oldest ready one to the backlog.
-                self.spill_in_flight(wall);
+                self.spill_in_flight();
                 if let Some(oldest) = self.ready.pop_front() {
-                    self.store(oldest, wall);
+                    self.put(oldest);
                 }
             }
         } else {
-            self.store(batch, wall);
+            self.put(batch);
         }
     }
 
     /// If a memory-only write is in flight, copy its points into the
     /// backlog (whose head they become) so they survive a crash and keep
     /// their place in line; its success then consumes them from there.
-    fn spill_in_flight(&mut self, wall: i64) {
+    fn spill_in_flight(&mut self) {
         let Some(flight) = self.in_flight.as_mut() else {
             return;
         };
@@ -516,7 +549,7 @@ impl<B: Backlog> Policy<B> {
             unreachable!()
         };
         let n = points.len() as u64;
-        let kept = if self.store(points.clone(), wall) {
+        let kept = if self.put(points.clone()) {
             Source::Backlog(n)
         } else {
             Source::Memory(points)
@@ -530,83 +563,28 @@ impl<B: Backlog> Policy<B> {
         }
     }
 
-    /// Append a batch to the backlog and apply the size limit. Returns
-    /// whether it was stored.
-    fn store(&mut self, points: Vec<Point>, wall: i64) -> bool {
-        let n = points.len() as u64;
-        if n == 0 {
-            return true;
-        }
-        match self.backlog.append(&points, wall) {
-            Ok(()) => {
-                self.counters.backlogged += n;
-                self.storage_error_logged = false;
-            }
-            Err(e) => {
-                self.counters.dropped += n;
-                if !self.storage_error_logged {
-                    self.storage_error_logged = true;
-                    self.log(
-                        Level::Error,
-                        format!("Could not store {n} points in the backlog, dropping them: {e}"),
-                    );
-                }
-                return false;
-            }
-        }
-        let max = self.s.max_backlog_size;
-        if self.backlog.len() > max {
-            match self.backlog.enforce_size(max) {
-                Ok(dropped) if dropped > 0 => {
-                    self.counters.dropped += dropped;
-                    self.log(Level::Warn, format!("Backlog full (max_backlog_size={max}): dropped {dropped} oldest points"));
-                }
-                Ok(_) => {}
-                Err(e) => self.log(
-                    Level::Error,
-                    format!("Could not apply max_backlog_size: {e}"),
-                ),
-            }
-        }
-        true
-    }
-
-    fn enforce_age(&mut self, wall: i64) {
-        let max_age = secs(self.s.max_backlog_age) as i64;
-        if self
-            .backlog
-            .oldest_stored_at()
-            .is_none_or(|t| wall.saturating_sub(t) < max_age)
-        {
-            return;
-        }
-        // Points whose age has reached the limit go: stored_at <= wall - max_age.
-        match self.backlog.enforce_age(wall - max_age + 1) {
-            Ok(dropped) if dropped > 0 => {
-                self.counters.dropped += dropped;
-                let age = self.s.max_backlog_age;
-                self.log(
-                    Level::Warn,
-                    format!(
-                        "Dropped {dropped} backlog points older than max_backlog_age ({age} s)"
-                    ),
-                );
-            }
-            Ok(_) => {}
-            Err(e) => self.log(
-                Level::Error,
-                format!("Could not apply max_backlog_age: {e}"),
-            ),
-        }
+    /// Put a batch in the backlog; false if it could only be held in
+    /// memory (backlog not writable).
+    fn put(&mut self, points: Vec<Point>) -> bool {
+        let (now, wall) = self.clock;
+        self.with_storage(|st, r| st.put(points, now, wall, r))
     }
 
     fn sync_backlog(&mut self) {
-        if let Err(e) = self.backlog.sync() {
-            self.log(
-                Level::Error,
-                format!("Could not sync the backlog to disk: {e}"),
-            );
-        }
+        let now = self.clock.0;
+        self.with_storage(|st, r| st.maybe_sync(now, r));
+    }
+
+    /// Run a storage operation with the policy's logs and counters.
+    fn with_storage<T>(&mut self, f: impl FnOnce(&mut Storage<B>, &mut Report) -> T) -> T {
+        let mut r = Report {
+            logs: &mut self.logs,
+            drops: &mut self.counters.drops,
+            stored: &mut self.counters.backlogged,
+        };
+        let out = f(&mut self.storage, &mut r);
+        self.counters.dropped = self.counters.drops.total();
+        out
     }
 
     fn on_connected(&mut self, periodic: bool, now: Instant) {
@@ -632,19 +610,12 @@ impl<B: Backlog> Policy<B> {
         }
         self.conn = Conn::Connected;
         self.outage_logged = false;
-        if self.backlog.is_empty() && self.ready.is_empty() {
+        if self.storage.is_empty() && self.storage.held_points() == 0 && self.ready.is_empty() {
             self.streak = 0;
         }
     }
 
-    fn on_write_answer(
-        &mut self,
-        source: Source,
-        status: u16,
-        body: &str,
-        now: Instant,
-        wall: i64,
-    ) {
+    fn on_write_answer(&mut self, source: Source, status: u16, body: &str, now: Instant) {
         let n = match &source {
             Source::Memory(p) => p.len() as u64,
             Source::Backlog(n) => *n,
@@ -658,7 +629,7 @@ impl<B: Backlog> Policy<B> {
                     "write answered HTTP {status}: {}",
                     http::server_reason(body)
                 );
-                return self.on_failure(Flight::Write(source), &reason, now, wall);
+                return self.on_failure(Flight::Write(source), &reason, now);
             }
         };
         if rejected > 0 {
@@ -672,7 +643,7 @@ impl<B: Backlog> Policy<B> {
         self.counters.delivered += n - rejected;
         self.streak = 0;
         if let Source::Backlog(n) = source {
-            if let Err(e) = self.backlog.consume(n) {
+            if let Err(e) = self.storage.consume(n) {
                 self.log(
                     Level::Error,
                     format!("Could not advance the backlog cursor: {e}"),
@@ -683,7 +654,7 @@ impl<B: Backlog> Policy<B> {
                 written: 0,
             });
             drain.written += n;
-            if self.backlog.is_empty() {
+            if self.storage.is_empty() {
                 let Drain { announced, written } = self.draining.take().unwrap_or_default();
                 let mut line = format!("Successfully wrote {written} backlog points to InfluxDB");
                 if written > announced {
@@ -700,12 +671,12 @@ impl<B: Backlog> Policy<B> {
 
     /// A request failed: keep its points, leave the connected state, and
     /// schedule the next attempt.
-    fn on_failure(&mut self, what: Flight, reason: &str, now: Instant, wall: i64) {
+    fn on_failure(&mut self, what: Flight, reason: &str, now: Instant) {
         if let Flight::Write(Source::Memory(points)) = what {
-            self.store(points, wall);
+            self.put(points);
         }
         while let Some(b) = self.ready.pop_front() {
-            self.store(b, wall);
+            self.put(b);
         }
         let attempt = match self.conn {
             Conn::Connecting { attempt } if attempt > 0 => {

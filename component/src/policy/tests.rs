@@ -437,3 +437,144 @@ fn shutdown_moves_everything_undelivered_to_the_backlog() {
     assert_eq!(sim.policy.backlog().len(), 250);
     assert_eq!(sim.policy.stats().pending, 250);
 }
+
+#[test]
+fn unwritable_backlog_holds_points_in_memory_and_resumes_by_itself() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 10;
+    s.batch_timeout = 0.1;
+    let mut sim = sim(s, server_down(0.0, 100.0, DownMode::Refuse));
+    sim.policy.backlog_mut().fail_appends(true);
+    for k in 0..5 {
+        sim.write(points(k * 10..k * 10 + 10));
+    }
+    assert_eq!(sim.policy.held_points(), 50);
+    assert_eq!(sim.policy.stats().pending, 50);
+    assert_eq!(sim.policy.counters().dropped, 0);
+    let errors = sim
+        .messages()
+        .iter()
+        .filter(|m| m.starts_with("Could not write to the backlog"))
+        .count();
+    assert_eq!(errors, 1, "warned more than once: {:?}", sim.messages());
+    sim.run_until(secs(5.0));
+    sim.policy.backlog_mut().fail_appends(false); // space came back
+    sim.run_until(secs(7.0));
+    assert_eq!(sim.policy.held_points(), 0);
+    assert_eq!(sim.policy.backlog().len(), 50);
+    assert!(sim
+        .messages()
+        .iter()
+        .any(|m| m.starts_with("Backlog writable again: stored 50 held points")));
+    sim.run_until(secs(400.0));
+    assert_eq!(sim.server.received.len(), 50);
+}
+
+#[test]
+fn memory_hold_is_bounded_and_drops_oldest_with_a_count() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 100;
+    let mut sim = sim(s, server_down(0.0, 1e6, DownMode::Refuse));
+    sim.policy.backlog_mut().fail_appends(true);
+    for k in 0..150u64 {
+        sim.write(points(k * 100..k * 100 + 100));
+    }
+    let c = sim.policy.counters();
+    assert_eq!(sim.policy.held_points(), 10_000, "hold not bounded");
+    assert_eq!((c.drops.storage, c.dropped), (5_000, 5_000));
+    assert_eq!(
+        sim.policy.stats().pending + c.dropped,
+        15_000,
+        "points unaccounted for"
+    );
+    assert!(sim
+        .messages()
+        .iter()
+        .any(|m| m.contains("memory hold full (10000 points): dropped")));
+}
+
+#[test]
+fn held_points_are_sent_directly_while_the_backlog_stays_unwritable() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 10;
+    let mut server = SimServer::new();
+    server.script.push_back((503, String::new()));
+    let mut sim = sim(s, server);
+    sim.run_until(secs(1.0));
+    sim.policy.backlog_mut().fail_appends(true);
+    sim.write(points(0..10)); // sent, answered 503: cannot go to the backlog
+    sim.run_until(secs(1.1));
+    assert_eq!(sim.policy.held_points(), 10);
+    sim.run_until(secs(60.0));
+    assert_eq!(sim.server.received.len(), 10, "held points not delivered");
+    assert_eq!(sim.policy.stats().pending, 0);
+}
+
+#[test]
+fn byte_limit_drops_oldest_and_counts_by_reason() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 100;
+    s.max_backlog_size = 1_000_000;
+    let mut sim = sim(s.clone(), server_down(0.0, 1e6, DownMode::Refuse));
+    sim.write(points(0..100));
+    let per_batch = sim.policy.backlog().bytes();
+    let mut s2 = s;
+    s2.max_backlog_bytes = per_batch * 5;
+    let mut sim = Sim::new(
+        s2,
+        MemoryBacklog::new(),
+        server_down(0.0, 1e6, DownMode::Refuse),
+    );
+    for k in 0..20u64 {
+        sim.write(points(k * 100..k * 100 + 100));
+    }
+    let c = sim.policy.counters();
+    assert!(
+        sim.policy.backlog().bytes() <= per_batch * 5,
+        "over the byte limit"
+    );
+    assert!(c.drops.bytes >= 1400, "{:?}", c.drops);
+    assert_eq!(
+        (c.drops.size, c.drops.age, c.dropped),
+        (0, 0, c.drops.bytes)
+    );
+    assert_eq!(sim.policy.backlog().len() + c.dropped, 2000);
+    assert!(sim
+        .messages()
+        .iter()
+        .any(|m| m.starts_with("Backlog over max_backlog_bytes=")));
+}
+
+#[test]
+fn interval_sync_makes_appends_durable_within_the_interval() {
+    use crate::config::BacklogSync;
+    let mut s = Settings::defaults("o");
+    s.batch_size = 10;
+    s.backlog_sync = BacklogSync::IntervalMs(1000);
+    let run = |crash_at: f64| {
+        let mut sim = sim(s.clone(), server_down(0.0, 1e6, DownMode::Refuse));
+        sim.run_until(secs(0.1));
+        sim.write(points(0..10));
+        sim.run_until(secs(crash_at));
+        let mut backlog = sim.policy.into_backlog();
+        backlog.crash();
+        backlog.len()
+    };
+    assert_eq!(run(0.5), 0, "synced before the interval");
+    assert_eq!(run(1.2), 10, "not synced within the interval");
+}
+
+#[test]
+fn batch_sync_makes_every_stored_batch_durable_at_once() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 10;
+    let mut sim = sim(s, server_down(0.0, 1e6, DownMode::Refuse));
+    sim.write(points(0..25));
+    let mut backlog = sim.policy.into_backlog();
+    backlog.crash();
+    assert_eq!(
+        backlog.len(),
+        20,
+        "the two full batches must survive a crash"
+    );
+}
