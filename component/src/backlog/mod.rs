@@ -32,6 +32,29 @@ pub struct RecoveryReport {
     pub torn_bytes: u64,
     /// Records skipped because their checksum or encoding was bad.
     pub corrupt_records: u64,
+    /// Undelivered points lost to damage, counted exactly from sequence
+    /// numbers: every one from the head to the end of the last intact record
+    /// that no intact record holds, whether its record was damaged, cut, or
+    /// in a segment file that disappeared. The head is the stored cursor when
+    /// it is known to be the newest one written (else the first intact
+    /// record, and losses before it are not counted). Damage among delivered
+    /// points is not counted; after a power cut, points delivered just
+    /// before it whose cursor update did not reach the disk may be.
+    pub lost_points: u64,
+    /// Points estimated lost after the last intact record (a torn tail, a
+    /// damaged end): no later record tells how many there were, so this is
+    /// their bytes at the average density of the intact records, at least 1
+    /// when anything was cut or skipped there. A segment file deleted at the
+    /// very end of the backlog leaves no trace and is not counted.
+    pub tail_points_estimate: u64,
+    /// Segments with a bad header, moved to `quarantine/` (or left in place
+    /// when that failed), unread.
+    pub quarantined_segments: u64,
+    /// Undelivered points in intact records of quarantined segments (moved
+    /// now or at an earlier open, and still in `quarantine/`): set aside, not
+    /// lost. `points + lost_points + quarantined_points` is every undelivered
+    /// point up to the end of the last intact record.
+    pub quarantined_points: u64,
     /// Human-readable warnings, one per repair, naming the file and offset.
     pub warnings: Vec<String>,
 }
