@@ -1,6 +1,7 @@
 //! influx-sink host: loads the sink component into wasmtime, one instance
 //! per output section, and runs sources into them.
 
+pub mod backlog_cli;
 pub mod bindings;
 pub mod config;
 pub mod fanout;

@@ -12,7 +12,11 @@ use influx_sink_host::{log, simulate};
 const USAGE: &str = "usage:
   influx-sink run CONFIG [--component PATH] [--drain-timeout SECONDS]
   influx-sink validate CONFIG
-  influx-sink simulate CONFIG --outage SECONDS [--rate POINTS_PER_SECOND] [--output SECTION] [--hang] [--json]";
+  influx-sink simulate CONFIG --outage SECONDS [--rate POINTS_PER_SECOND] [--output SECTION] [--hang] [--json]
+  influx-sink backlog stats DIR [--json]
+  influx-sink backlog dump DIR
+  influx-sink backlog verify DIR
+  influx-sink backlog import-pickle FILE.pkl --into DIR";
 
 /// Exit codes: 0 all delivered, 1 failure, 2 bad usage or config,
 /// 3 points remain in the backlog.
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&args[1..]),
         Some("validate") => cmd_validate(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
+        Some("backlog") => influx_sink_host::backlog_cli::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -228,7 +233,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let runtime = match Runtime::load(&component) {
             Ok(r) => r,
             Err(e) => {
@@ -266,5 +271,9 @@ fn cmd_run(raw: &[String]) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // A blocked read of stdin (a pipe still open after SIGTERM) would hold
+    // an orderly runtime shutdown forever: everything is stored by now.
+    rt.shutdown_background();
+    code
 }
