@@ -72,9 +72,10 @@ fn emit(name: &str, level: Level, message: &str) {
     }
 }
 
-fn open_backlog(s: &Settings) -> Result<Box<dyn Backlog>, String> {
+/// The sink's backlog, and the points its recovery found lost to damage.
+fn open_backlog(s: &Settings) -> Result<(Box<dyn Backlog>, u64), String> {
     if !s.enable_persistent_storage {
-        return Ok(Box::new(MemoryBacklog::new()));
+        return Ok((Box::new(MemoryBacklog::new()), 0));
     }
     // The policy decides when to sync in `batch` and `interval_ms` modes.
     let mode = match s.backlog_sync {
@@ -90,14 +91,18 @@ fn open_backlog(s: &Settings) -> Result<Box<dyn Backlog>, String> {
     for w in &report.warnings {
         emit(&s.name, Level::Warn, w);
     }
-    Ok(Box::new(backlog))
+    Ok((
+        Box::new(backlog),
+        report.lost_points + report.tail_points_estimate,
+    ))
 }
 
 impl Driver {
     fn new(settings: Settings) -> Result<Self, String> {
-        let backlog = open_backlog(&settings)?;
+        let (backlog, lost) = open_backlog(&settings)?;
         let name = settings.name.clone();
-        let policy = Policy::new(settings, backlog, now(), wall());
+        let mut policy = Policy::new(settings, backlog, now(), wall());
+        policy.count_corrupt(lost);
         Ok(Driver {
             name,
             policy,

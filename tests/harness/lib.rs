@@ -19,6 +19,7 @@
 //! Timing rule for users of this crate: sleeping is only ever used to *poll*
 //! for a condition under a deadline; nothing here asserts on elapsed time.
 
+pub mod chaos;
 pub mod cli;
 mod config;
 mod influxd;
