@@ -65,13 +65,21 @@ fn bench_append(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .throughput(Throughput::Elements(BATCH as u64));
-    for (name, mode) in [
-        ("batch_sync_per_100", SyncMode::Batch),
-        ("always", SyncMode::Always),
-        ("never", SyncMode::Never),
+    // backlog_sync = batch | always | interval_ms:100 | never. The policy
+    // drives interval mode by calling sync() when the interval has passed.
+    for (name, mode, interval) in [
+        ("batch_sync_per_100", SyncMode::Batch, None),
+        ("always", SyncMode::Always, None),
+        (
+            "interval_ms_100",
+            SyncMode::Batch,
+            Some(Duration::from_millis(100)),
+        ),
+        ("never", SyncMode::Never, None),
     ] {
         let dir = tempdir();
         let mut b = open(dir.path(), mode);
+        let mut last_sync = Instant::now();
         let mut tally = Tally::default();
         let mut stored_at = common::START_NS;
         g.bench_function(BenchmarkId::new(name, BATCH), |bencher| {
@@ -81,8 +89,10 @@ fn bench_append(c: &mut Criterion) {
                     stored_at += 1;
                     let t = Instant::now();
                     b.append(&batch, stored_at).expect("append");
-                    if mode == SyncMode::Batch {
+                    let due = interval.is_none_or(|every| last_sync.elapsed() >= every);
+                    if mode == SyncMode::Batch && due {
                         b.sync().expect("sync");
+                        last_sync = Instant::now();
                     }
                     total += t.elapsed();
                     if b.len() >= APPEND_CAP {
