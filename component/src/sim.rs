@@ -196,7 +196,7 @@ impl<B: Backlog> Sim<B> {
         let wall = self.wall();
         for _ in 0..10_000 {
             if let Some((id, _, outcome)) = self.pending.take_if(|p| p.1 <= self.now) {
-                self.record_attempt(id, &outcome);
+                self.record_attempt(&outcome);
                 self.policy.handle_outcome(id, outcome, self.now, wall);
             }
             self.policy.tick(self.now, wall);
@@ -230,7 +230,7 @@ impl<B: Backlog> Sim<B> {
         }
     }
 
-    fn record_attempt(&mut self, _id: u64, outcome: &Outcome) {
+    fn record_attempt(&mut self, outcome: &Outcome) {
         if let Some((n, at)) = self.attempt_in_flight.take() {
             let ok =
                 matches!(outcome, Outcome::Answer { status, .. } if (200..300).contains(status));

@@ -184,8 +184,7 @@ impl<B: Backlog> Policy<B> {
 
     /// Count points found damaged in the backlog at open.
     pub fn count_corrupt(&mut self, n: u64) {
-        self.counters.drops.add(DropReason::Corrupt, n);
-        self.counters.dropped = self.counters.drops.total();
+        self.with_storage(|_, r| r.drops.add(DropReason::Corrupt, n));
     }
 
     /// Give the backlog back (tests: a crash keeps only what is on disk).
