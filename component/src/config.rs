@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::endpoint::{Api, Endpoint, Precision};
+
 /// Nanoseconds per second, for converting the gateway's float seconds.
 pub const NANOS: f64 = 1e9;
 
@@ -32,6 +34,28 @@ pub struct Settings {
     pub backlog_sync: BacklogSync,
     /// Most bytes the backlog may take on disk (encoded size in memory).
     pub max_backlog_bytes: u64,
+    pub api: Api,
+    /// Servers in failover order: `urls`, else `url`, else `host`:`port`.
+    pub endpoints: Vec<Endpoint>,
+    /// v2 organisation; v2 bucket (empty: `database`).
+    pub org: String,
+    pub bucket: String,
+    /// v2/v3 API token.
+    pub token: String,
+    /// v1 retention policy (empty: the database's default).
+    pub retention_policy: String,
+    pub precision: Precision,
+    /// `content_encoding = gzip`: compress request bodies.
+    pub gzip: bool,
+    /// v1: create the database when the server says it does not exist.
+    pub auto_create_database: bool,
+    /// Host-side TLS settings (the host reads them; the component only
+    /// carries them so `validate` can show them).
+    pub tls_ca_file: String,
+    pub tls_insecure_skip_verify: bool,
+    /// Bound of the dead-letter file `rejected.lp` (one older generation
+    /// `rejected.lp.1` is kept).
+    pub max_rejected_bytes: u64,
 }
 
 /// When backlog writes are forced to stable storage (`backlog_sync`).
@@ -119,6 +143,18 @@ impl Settings {
             reconnect_jitter: 0.0,
             backlog_sync: BacklogSync::Batch,
             max_backlog_bytes: 1 << 30,
+            api: Api::V1,
+            endpoints: vec![Endpoint::plain("localhost", 8086)],
+            org: String::new(),
+            bucket: String::new(),
+            token: String::new(),
+            retention_policy: String::new(),
+            precision: Precision::Ns,
+            gzip: true,
+            auto_create_database: true,
+            tls_ca_file: String::new(),
+            tls_insecure_skip_verify: false,
+            max_rejected_bytes: 10 << 20,
         }
     }
 
@@ -131,6 +167,7 @@ impl Settings {
     ) -> Result<(Self, Vec<String>), ConfigError> {
         let mut s = Settings::defaults(name);
         let mut warnings = Vec::new();
+        let mut url: Option<Vec<Endpoint>> = None;
         for (key, value) in pairs {
             let v = value.trim();
             let err = |expected: &str| ConfigError {
@@ -247,9 +284,72 @@ impl Settings {
                             err("a size of at least 64KiB, e.g. 1073741824, 512MiB or 2GB")
                         })?
                 }
+                "api" => s.api = Api::parse(v).ok_or_else(|| err("v1, v2 or v3"))?,
+                "url" | "urls" => {
+                    let list = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(Endpoint::parse)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|why| err(&format!("http[s]://host[:port][/path] ({why})")))?;
+                    if list.is_empty() || (key == "url" && list.len() > 1) {
+                        return Err(err(if key == "url" {
+                            "one http[s]://host[:port] URL (use `urls` for several)"
+                        } else {
+                            "a comma-separated list of http[s]://host[:port] URLs"
+                        }));
+                    }
+                    if url.is_some() {
+                        return Err(err("only one of `url` and `urls`"));
+                    }
+                    url = Some(list);
+                }
+                "org" => s.org = v.to_string(),
+                "bucket" => s.bucket = v.to_string(),
+                "token" => s.token = v.to_string(),
+                "retention_policy" => s.retention_policy = v.to_string(),
+                "precision" => {
+                    s.precision = Precision::parse(v).ok_or_else(|| err("ns, us, ms or s"))?
+                }
+                "content_encoding" => {
+                    s.gzip = match v.to_ascii_lowercase().as_str() {
+                        "gzip" => true,
+                        "identity" | "none" | "" => false,
+                        _ => return Err(err("gzip or identity")),
+                    }
+                }
+                "auto_create_database" => {
+                    s.auto_create_database = boolean(v).ok_or_else(|| err("true or false"))?
+                }
+                "tls_ca_file" => s.tls_ca_file = v.to_string(),
+                "tls_insecure_skip_verify" => {
+                    s.tls_insecure_skip_verify = boolean(v).ok_or_else(|| err("true or false"))?
+                }
+                "max_rejected_bytes" => {
+                    s.max_rejected_bytes = byte_size(v)
+                        .filter(|n| *n >= 4096)
+                        .ok_or_else(|| err("a size of at least 4KiB, e.g. 10MiB"))?
+                }
                 other => warnings.push(other.to_string()),
             }
         }
+        s.endpoints = match url {
+            Some(list) => {
+                if let Some((key, value)) = pairs.iter().find(|(k, _)| k == "host" || k == "port")
+                {
+                    return Err(ConfigError {
+                        section: name.to_string(),
+                        key: key.clone(),
+                        value: value.clone(),
+                        expected: "either url/urls or host/port, not both".into(),
+                    });
+                }
+                list
+            }
+            None => vec![Endpoint::plain(&s.host, s.port)],
+        };
+
         if s.max_reconnect_delay < s.reconnect_delay {
             // Blame the key the user wrote: max_reconnect_delay if set, else
             // reconnect_delay against the default cap.
@@ -284,9 +384,9 @@ impl Settings {
         Ok((s, warnings))
     }
 
-    /// `host:port`, as the gateway's log lines print it.
+    /// `host:port` of the first server, as the gateway's log lines print it.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.endpoints[0].authority()
     }
 
     /// Every key and its effective value, in documentation order (password
@@ -333,6 +433,41 @@ impl Settings {
             ("reconnect_jitter", self.reconnect_jitter.to_string()),
             ("backlog_sync", self.backlog_sync.to_string()),
             ("max_backlog_bytes", self.max_backlog_bytes.to_string()),
+            ("api", self.api.name().into()),
+            (
+                "urls",
+                self.endpoints
+                    .iter()
+                    .map(Endpoint::url)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("org", self.org.clone()),
+            ("bucket", self.bucket.clone()),
+            (
+                "token",
+                if self.token.is_empty() {
+                    String::new()
+                } else {
+                    "********".into()
+                },
+            ),
+            ("retention_policy", self.retention_policy.clone()),
+            ("precision", self.precision.name().into()),
+            (
+                "content_encoding",
+                if self.gzip { "gzip" } else { "identity" }.into(),
+            ),
+            (
+                "auto_create_database",
+                self.auto_create_database.to_string(),
+            ),
+            ("tls_ca_file", self.tls_ca_file.clone()),
+            (
+                "tls_insecure_skip_verify",
+                self.tls_insecure_skip_verify.to_string(),
+            ),
+            ("max_rejected_bytes", self.max_rejected_bytes.to_string()),
         ]
     }
 }
@@ -492,5 +627,37 @@ mod tests {
     fn unknown_keys_warn_by_name() {
         let (_, w) = Settings::from_pairs("o", &pairs(&[("batchsize", "5")])).unwrap();
         assert_eq!(w, vec!["batchsize".to_string()]);
+    }
+
+    #[test]
+    fn servers_apis_and_transport_keys() {
+        let (s, _) = Settings::from_pairs(
+            "o",
+            &pairs(&[
+                ("urls", "http://127.0.0.1:8086, https://b.example/influx"),
+                ("api", "v2"),
+                ("precision", "ms"),
+                ("content_encoding", "identity"),
+                ("token", "t"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.endpoints.len(), 2);
+        assert!(s.endpoints[1].https);
+        assert_eq!(s.address(), "127.0.0.1:8086");
+        assert_eq!((s.api, s.precision, s.gzip), (Api::V2, Precision::Ms, false));
+        assert!(s.describe().contains(&("token", "********".into())));
+        for (list, key) in [
+            (vec![("url", "http://a:1"), ("host", "b")], "host"),
+            (vec![("url", "http://a:1"), ("urls", "http://b:1")], "urls"),
+            (vec![("url", "http://a:1, http://b:2")], "url"),
+            (vec![("urls", "a:1")], "urls"),
+            (vec![("api", "v4")], "api"),
+            (vec![("precision", "m")], "precision"),
+            (vec![("content_encoding", "br")], "content_encoding"),
+        ] {
+            let e = Settings::from_pairs("o", &pairs(&list)).unwrap_err();
+            assert_eq!(e.key, key, "{list:?}: {e}");
+        }
     }
 }
