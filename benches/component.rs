@@ -85,6 +85,7 @@ fn output_spec(port: u16) -> OutputSpec {
         settings,
         pairs,
         backlog_dir: PathBuf::from("/nonexistent-backlog-unused"),
+        tls_ca_path: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn main() {
         settings,
         pairs,
         backlog_dir: backlog_dir.clone(),
+        tls_ca_path: None,
     };
 
     eprintln!(

@@ -336,8 +336,7 @@ impl Settings {
         }
         s.endpoints = match url {
             Some(list) => {
-                if let Some((key, value)) = pairs.iter().find(|(k, _)| k == "host" || k == "port")
-                {
+                if let Some((key, value)) = pairs.iter().find(|(k, _)| k == "host" || k == "port") {
                     return Err(ConfigError {
                         section: name.to_string(),
                         key: key.clone(),
@@ -645,7 +644,10 @@ mod tests {
         assert_eq!(s.endpoints.len(), 2);
         assert!(s.endpoints[1].https);
         assert_eq!(s.address(), "127.0.0.1:8086");
-        assert_eq!((s.api, s.precision, s.gzip), (Api::V2, Precision::Ms, false));
+        assert_eq!(
+            (s.api, s.precision, s.gzip),
+            (Api::V2, Precision::Ms, false)
+        );
         assert!(s.describe().contains(&("token", "********".into())));
         for (list, key) in [
             (vec![("url", "http://a:1"), ("host", "b")], "host"),

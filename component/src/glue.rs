@@ -7,6 +7,7 @@ use crate::backlog::file::{FileBacklog, SyncMode, DEFAULT_SEGMENT_BYTES};
 use crate::backlog::memory::MemoryBacklog;
 use crate::backlog::Backlog;
 use crate::config::{BacklogSync, Settings, NANOS};
+use crate::deadletter::DeadLetterFile;
 use crate::line_protocol::{self, FieldValue};
 use crate::policy::{Level, Outcome, Policy, Request};
 use crate::snapshot;
@@ -48,6 +49,8 @@ struct Driver {
     name: String,
     policy: Policy<Box<dyn Backlog>>,
     exchange: Option<Exchange>,
+    /// Where refused lines go (none without persistent storage).
+    dead: Option<DeadLetterFile>,
 }
 
 fn now() -> u64 {
@@ -101,13 +104,50 @@ impl Driver {
     fn new(settings: Settings) -> Result<Self, String> {
         let (backlog, lost) = open_backlog(&settings)?;
         let name = settings.name.clone();
+        let dead = settings.enable_persistent_storage.then(|| {
+            DeadLetterFile::new(
+                std::path::Path::new(BACKLOG_DIR),
+                settings.max_rejected_bytes,
+            )
+        });
         let mut policy = Policy::new(settings, backlog, now(), wall());
         policy.count_corrupt(lost);
         Ok(Driver {
             name,
             policy,
             exchange: None,
+            dead,
         })
+    }
+
+    /// Log lines and dead letters out of the policy.
+    fn drain_outputs(&mut self) {
+        while let Some(line) = self.policy.poll_log() {
+            emit(&self.name, line.level, &line.message);
+        }
+        while let Some(letter) = self.policy.poll_dead_letter() {
+            let precision = self.policy.settings().precision.name();
+            let written = match &self.dead {
+                Some(f) => f
+                    .append(&self.name, wall(), precision, &letter)
+                    .map_err(|e| format!("could not write {}: {e}", f.path().display())),
+                None => {
+                    Err("persistent storage is disabled, so there is no dead-letter file".into())
+                }
+            };
+            if let Err(why) = written {
+                let first = String::from_utf8_lossy(&letter.lines);
+                let first = first.lines().next().unwrap_or_default();
+                emit(
+                    &self.name,
+                    Level::Error,
+                    &format!(
+                        "{} refused point(s) are counted but not kept ({why}); the first: {first}",
+                        letter.points
+                    ),
+                );
+            }
+        }
     }
 
     /// One turn: finish what HTTP can finish, run timers, start what is due.
@@ -147,9 +187,7 @@ impl Driver {
                     .handle_outcome(id, Outcome::Failed { reason }, t, w),
             }
         }
-        while let Some(line) = self.policy.poll_log() {
-            emit(&self.name, line.level, &line.message);
-        }
+        self.drain_outputs();
         let t = now();
         let mut wake = self
             .policy
@@ -201,12 +239,19 @@ impl Exchange {
             Method::Post
         };
         request.set_method(&method).map_err(|_| "bad method")?;
+        let server = &s.endpoints[req.server];
+        let scheme = if server.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         request
-            .set_scheme(Some(&Scheme::Http))
+            .set_scheme(Some(&scheme))
             .map_err(|_| "bad scheme")?;
+        let authority = server.authority();
         request
-            .set_authority(Some(&s.address()))
-            .map_err(|_| format!("bad server address {}", s.address()))?;
+            .set_authority(Some(&authority))
+            .map_err(|_| format!("bad server address {authority}"))?;
         request
             .set_path_with_query(Some(&req.path))
             .map_err(|_| format!("bad path {}", req.path))?;
@@ -459,9 +504,7 @@ impl GuestSink for Sink {
         let mut d = self.inner.borrow_mut();
         d.exchange = None;
         d.policy.shutdown(now(), wall());
-        while let Some(line) = d.policy.poll_log() {
-            emit(&d.name, line.level, &line.message);
-        }
+        d.drain_outputs();
     }
 
     fn stats(&self) -> wit::Stats {

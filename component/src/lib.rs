@@ -4,6 +4,7 @@
 pub mod backlog;
 pub mod codec;
 pub mod config;
+pub mod deadletter;
 pub mod endpoint;
 pub mod ini;
 pub mod line_protocol;

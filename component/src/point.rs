@@ -30,9 +30,16 @@ impl Point {
 
     /// Append `line timestamp\n` to an HTTP body.
     pub fn write_line_protocol(&self, out: &mut Vec<u8>) {
+        self.write_line_protocol_in(out, 1);
+    }
+
+    /// Same, with the timestamp in units of `unit_ns` nanoseconds (the
+    /// write precision), rounded down.
+    pub fn write_line_protocol_in(&self, out: &mut Vec<u8>, unit_ns: i64) {
         out.extend_from_slice(self.line.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.timestamp.to_string().as_bytes());
+        let ts = self.timestamp.div_euclid(unit_ns);
+        out.extend_from_slice(ts.to_string().as_bytes());
         out.push(b'\n');
     }
 

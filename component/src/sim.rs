@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use crate::backlog::{Backlog, BacklogError};
 use crate::config::{Settings, NANOS};
 use crate::point::Point;
-use crate::policy::{Instant, LogLine, Outcome, Policy, Purpose, Request};
+use crate::policy::{DeadLetter, Instant, LogLine, Outcome, Policy, Purpose, Request};
 
 /// How the simulated server behaves while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,20 @@ pub enum DownMode {
     Refuse,
     /// Connections are accepted and never answered.
     Hang,
+}
+
+/// How the simulated server refuses lines that `SimServer::bad` marks, as
+/// the real servers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectMode {
+    /// InfluxDB 1.x: stores the good lines, answers 400 `partial write:
+    /// ... dropped=N`.
+    PartialV1,
+    /// InfluxDB 2.x on a parse error: stores nothing, answers 400.
+    WholeBatch,
+    /// InfluxDB 3 with `accept_partial`: stores the good lines, answers 400
+    /// naming each bad line.
+    PartialV3,
 }
 
 /// A server that is down during some windows and answers 204 otherwise.
@@ -33,6 +47,15 @@ pub struct SimServer {
     /// Count only, when `keep_lines` is false (large simulations).
     pub received_count: u64,
     pub keep_lines: bool,
+    /// Lines containing this text are refused, in `reject_mode`.
+    pub bad: Option<String>,
+    pub reject_mode: RejectMode,
+    /// Writes of more points than this get 413.
+    pub max_points: Option<u32>,
+    /// Sent with every 429 and 503 answer.
+    pub retry_after: Option<String>,
+    /// Path of every request that reached the server while up.
+    pub paths: Vec<String>,
 }
 
 impl SimServer {
@@ -45,6 +68,11 @@ impl SimServer {
             received: Vec::new(),
             received_count: 0,
             keep_lines: true,
+            bad: None,
+            reject_mode: RejectMode::PartialV1,
+            max_points: None,
+            retry_after: None,
+            paths: Vec::new(),
         }
     }
 
@@ -65,25 +93,106 @@ impl SimServer {
                 DownMode::Hang => None,
             };
         }
-        let (status, body) = match req.purpose {
-            Purpose::Write => self.script.pop_front().unwrap_or((204, String::new())),
-            _ => (204, String::new()),
+        self.paths.push(req.path.clone());
+        let scripted = match req.purpose {
+            Purpose::Write => self.script.pop_front(),
+            _ => None,
         };
-        if req.purpose == Purpose::Write && (200..300).contains(&status) {
-            self.received_count += req.points as u64;
-            if self.keep_lines {
-                let text = String::from_utf8_lossy(&req.body);
-                self.received.extend(text.lines().map(str::to_string));
+        let (status, body) = match scripted {
+            Some(answer) => {
+                if (200..300).contains(&answer.0) {
+                    self.store(&Self::lines(req));
+                }
+                answer
             }
-        }
+            None if req.purpose == Purpose::Write => self.write(req),
+            None => (204, String::new()),
+        };
+        let retry_after = self
+            .retry_after
+            .clone()
+            .filter(|_| status == 429 || status == 503);
         Some((
             t + self.latency,
             Outcome::Answer {
                 status,
-                retry_after: None,
+                retry_after,
                 body,
             },
         ))
+    }
+
+    /// A write's lines, gunzipped as a server would.
+    fn lines(req: &Request) -> Vec<String> {
+        let gzipped = req
+            .headers
+            .iter()
+            .any(|(k, v)| k == "content-encoding" && v == "gzip");
+        let body = if gzipped {
+            crate::policy::http::gzip::decompress(&req.body).expect("the sink's gzip is valid")
+        } else {
+            req.body.clone()
+        };
+        String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn store(&mut self, lines: &[String]) {
+        self.received_count += lines.len() as u64;
+        if self.keep_lines {
+            self.received.extend(lines.iter().cloned());
+        }
+    }
+
+    /// A write as a real server answers it: 413 over `max_points`, bad
+    /// lines refused in `reject_mode`, else stored.
+    fn write(&mut self, req: &Request) -> (u16, String) {
+        if self.max_points.is_some_and(|m| req.points > m) {
+            return (413, r#"{"error":"Request Entity Too Large"}"#.into());
+        }
+        let lines = Self::lines(req);
+        let is_bad = |l: &String| self.bad.as_ref().is_some_and(|b| l.contains(b.as_str()));
+        let bad: Vec<usize> = (0..lines.len()).filter(|i| is_bad(&lines[*i])).collect();
+        if bad.is_empty() {
+            self.store(&lines);
+            return (204, String::new());
+        }
+        let good: Vec<String> = lines.iter().filter(|l| !is_bad(l)).cloned().collect();
+        match self.reject_mode {
+            RejectMode::WholeBatch => (
+                400,
+                format!(
+                    r#"{{"code":"invalid","message":"unable to parse '{}': bad value"}}"#,
+                    lines[bad[0]]
+                ),
+            ),
+            RejectMode::PartialV1 => {
+                self.store(&good);
+                (
+                    400,
+                    format!(
+                        r#"{{"error":"partial write: field type conflict: input field \"v\" on measurement \"m\" is type string, already exists as type float dropped={}"}}"#,
+                        bad.len()
+                    ),
+                )
+            }
+            RejectMode::PartialV3 => {
+                self.store(&good);
+                let data: Vec<String> = bad
+                    .iter()
+                    .map(|i| format!(r#"{{"original_line":"x","line_number":{},"error_message":"invalid column type"}}"#, i + 1))
+                    .collect();
+                (
+                    400,
+                    format!(
+                        r#"{{"error":"partial write of line protocol occurred","data":[{}]}}"#,
+                        data.join(",")
+                    ),
+                )
+            }
+        }
     }
 }
 
@@ -113,6 +222,8 @@ pub struct Sim<B: Backlog> {
     attempt_in_flight: Option<(u64, Instant)>,
     pub attempts: Vec<Attempt>,
     pub logs: Vec<(Instant, LogLine)>,
+    /// What the policy sent to the dead-letter file.
+    pub dead: Vec<DeadLetter>,
     pub requests: u64,
     /// Policy turns taken (to show the sink never busy-loops).
     pub turns: u64,
@@ -131,6 +242,7 @@ impl<B: Backlog> Sim<B> {
             attempt_in_flight: None,
             attempts: Vec::new(),
             logs: Vec::new(),
+            dead: Vec::new(),
             requests: 0,
             turns: 0,
         };
@@ -227,6 +339,9 @@ impl<B: Backlog> Sim<B> {
         }
         while let Some(line) = self.policy.poll_log() {
             self.logs.push((self.now, line));
+        }
+        while let Some(d) = self.policy.poll_dead_letter() {
+            self.dead.push(d);
         }
     }
 

@@ -28,8 +28,59 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Inverse of `civil_from_days`.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 IMF-fixdate) as
+/// nanoseconds since the Unix epoch.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let mut it = s.split_ascii_whitespace().skip(1);
+    let day: u32 = it.next()?.parse().ok()?;
+    let month = it.next()?;
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|n| n.parse::<i64>().ok());
+    let (h, mi, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|n| *n == month)? as u32 + 1;
+    let secs = days_from_civil(year, m, day) * 86_400 + h * 3600 + mi * 60 + sec;
+    secs.checked_mul(1_000_000_000)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000_000_000)
+        );
+        assert_eq!(
+            super::parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT"),
+            Some(951_782_400_000_000_000)
+        );
+        for bad in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(super::parse_http_date(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn known_instants() {
         assert_eq!(super::rfc3339_millis(0), "1970-01-01T00:00:00.000Z");

@@ -19,6 +19,9 @@ pub struct OutputSpec {
     /// `<persistent_storage_path>/<section>`, relative paths resolved
     /// against the config file's directory.
     pub backlog_dir: PathBuf,
+    /// `tls_ca_file`, a relative path resolved against the config file's
+    /// directory; `None` when not set.
+    pub tls_ca_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,10 +96,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
                     base.join(root)
                 };
                 let backlog_dir = root.join(&section.name);
+                let tls_ca_path =
+                    (!settings.tls_ca_file.is_empty()).then(|| base.join(&settings.tls_ca_file));
                 outputs.push(OutputSpec {
                     settings,
                     pairs,
                     backlog_dir,
+                    tls_ca_path,
                 });
             }
             Some("generator") => {
@@ -176,6 +182,23 @@ mod tests {
         );
         assert_eq!(p.outputs[1].backlog_dir, PathBuf::from("/var/lib/x/b"));
         assert!(matches!(p.source, SourceSpec::Stdin));
+    }
+
+    #[test]
+    fn tls_ca_file_is_resolved_against_config_dir() {
+        let text = "[a]\ntransport = influxdb_out\ntls_ca_file = certs/ca.pem\n\
+                    [b]\ntransport = influxdb_out\ntls_ca_file = /etc/ssl/ca.pem\n\
+                    [c]\ntransport = influxdb_out\n";
+        let p = parse(text, "f", Path::new("/etc/gw")).unwrap();
+        assert_eq!(
+            p.outputs[0].tls_ca_path,
+            Some(PathBuf::from("/etc/gw/certs/ca.pem"))
+        );
+        assert_eq!(
+            p.outputs[1].tls_ca_path,
+            Some(PathBuf::from("/etc/ssl/ca.pem"))
+        );
+        assert_eq!(p.outputs[2].tls_ca_path, None);
     }
 
     #[test]

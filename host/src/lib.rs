@@ -10,3 +10,4 @@ pub mod log;
 pub mod pipeline;
 pub mod runtime;
 pub mod simulate;
+pub mod tls;

@@ -12,6 +12,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::bindings::{InfluxSink, InfluxSinkPre, Point, Stats, WriteResult};
 use crate::config::OutputSpec;
+use crate::tls::TlsClient;
+use influx_sink_component::config::{Endpoint, Settings};
 
 /// The compiled component, ready to instantiate many times.
 #[derive(Clone)]
@@ -63,16 +65,15 @@ impl Runtime {
                     )
                 })?;
         }
+        let tls = TlsClient::for_output(output).map_err(|e| wasmtime::format_err!("{e}"))?;
         let state = SinkState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OnlyOwnServer {
                 name: s.name.clone(),
-                allowed: vec![
-                    s.address(),
-                    format!("{}:{}", resolve_alias(&s.host), s.port),
-                ],
+                allowed: allowed_authorities(s),
+                tls,
             },
         };
         let mut store = Store::new(&self.engine, state);
@@ -108,6 +109,24 @@ fn resolve_alias(host: &str) -> &str {
     }
 }
 
+/// Every `host:port` the sink may reach: each of its servers, also in the
+/// `localhost` → `127.0.0.1` form.
+fn allowed_authorities(s: &Settings) -> Vec<String> {
+    let mut allowed: Vec<String> = Vec::new();
+    for e in &s.endpoints {
+        let alias = Endpoint {
+            host: resolve_alias(&e.host).to_string(),
+            ..e.clone()
+        };
+        for authority in [e.authority(), alias.authority()] {
+            if !allowed.contains(&authority) {
+                allowed.push(authority);
+            }
+        }
+    }
+    allowed
+}
+
 /// What one instance's Store holds.
 pub struct SinkState {
     wasi: WasiCtx,
@@ -135,10 +154,12 @@ impl WasiHttpView for SinkState {
     }
 }
 
-/// Outgoing HTTP only to the output's configured server.
+/// Outgoing HTTP only to the output's configured servers; `https` through
+/// the sink's own TLS client.
 struct OnlyOwnServer {
     name: String,
     allowed: Vec<String>,
+    tls: TlsClient,
 }
 
 type SendFuture = Box<
@@ -167,12 +188,16 @@ impl WasiHttpHooks for OnlyOwnServer {
                 &self.name,
                 &format!(
                     "refused a request to {authority}: this sink may only reach {}",
-                    self.allowed[0]
+                    self.allowed.join(", ")
                 ),
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let tls = self.tls.clone();
+            return Box::new(async move { tls.send(request, options).await });
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -252,5 +277,33 @@ impl SinkInstance {
     /// Release the resource and the instance.
     pub async fn close(mut self) -> Result<()> {
         self.handle.resource_drop_async(&mut self.store).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_is_allowed_with_the_localhost_alias() {
+        let pairs: Vec<(String, String)> = vec![(
+            "urls".into(),
+            "http://localhost:8086, https://db.example:8443/influx, https://[::1]:9000".into(),
+        )];
+        let (s, _) = Settings::from_pairs("out", &pairs).unwrap();
+        assert_eq!(
+            allowed_authorities(&s),
+            [
+                "localhost:8086",
+                "127.0.0.1:8086",
+                "db.example:8443",
+                "[::1]:9000"
+            ]
+        );
+        let (s, _) = Settings::from_pairs("out", &[]).unwrap();
+        assert_eq!(
+            allowed_authorities(&s),
+            ["localhost:8086", "127.0.0.1:8086"]
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! The HTTP requests the policy asks for and the answers it gets back,
 //! independent of any HTTP library.
 
-use crate::config::Settings;
+use crate::config::{Api, Settings};
+use crate::point::Point;
+
+pub mod gzip;
 
 /// What a request is for; the policy reads its answer accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +23,11 @@ pub enum Purpose {
 pub struct Request {
     pub id: u64,
     pub purpose: Purpose,
+    /// Index of the server in `Settings::endpoints`.
+    pub server: usize,
     pub method: &'static str,
-    /// Path and query, e.g. `/write?db=solar&precision=ns`.
+    /// Path and query, with the server's path prefix, e.g.
+    /// `/write?db=solar&precision=ns`.
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -42,20 +48,32 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
+impl Outcome {
+    /// An answer without `Retry-After` (tests, simulations).
+    pub fn answer(status: u16, body: &str) -> Self {
+        Outcome::Answer {
+            status,
+            retry_after: None,
+            body: body.to_string(),
+        }
+    }
+}
+
 impl Request {
-    pub(crate) fn ping(id: u64, s: &Settings) -> Self {
+    pub(crate) fn ping(id: u64, s: &Settings, server: usize) -> Self {
         Request {
             id,
             purpose: Purpose::Ping,
+            server,
             method: "GET",
-            path: "/ping".into(),
+            path: format!("{}/ping", s.endpoints[server].base_path),
             headers: auth(s),
             body: Vec::new(),
             points: 0,
         }
     }
 
-    pub(crate) fn create_database(id: u64, s: &Settings) -> Self {
+    pub(crate) fn create_database(id: u64, s: &Settings, server: usize) -> Self {
         let q = format!(
             "CREATE DATABASE \"{}\"",
             s.database.replace('\\', "\\\\").replace('"', "\\\"")
@@ -68,30 +86,90 @@ impl Request {
         Request {
             id,
             purpose: Purpose::CreateDatabase,
+            server,
             method: "POST",
-            path: "/query".into(),
+            path: format!("{}/query", s.endpoints[server].base_path),
             headers,
             body: format!("q={}", percent_encode(&q)).into_bytes(),
             points: 0,
         }
     }
 
-    pub(crate) fn write(id: u64, s: &Settings, body: Vec<u8>, points: u32) -> Self {
+    /// A write of `points` in the API, precision and encoding of `s`.
+    pub(crate) fn write(id: u64, s: &Settings, server: usize, points: &[Point]) -> Self {
         let mut headers = auth(s);
         headers.push(("content-type".into(), "text/plain; charset=utf-8".into()));
+        let mut body = body(points, s.precision.nanos());
+        if s.gzip {
+            body = gzip::compress(&body);
+            headers.push(("content-encoding".into(), "gzip".into()));
+        }
         Request {
             id,
             purpose: Purpose::Write,
+            server,
             method: "POST",
-            path: format!("/write?db={}&precision=ns", percent_encode(&s.database)),
+            path: format!("{}{}", s.endpoints[server].base_path, write_path(s)),
             headers,
             body,
-            points,
+            points: points.len() as u32,
         }
     }
 }
 
+/// The write path and query of each API.
+fn write_path(s: &Settings) -> String {
+    let precision = s.precision.query_value(s.api);
+    match s.api {
+        Api::V1 => {
+            let mut p = format!("/write?db={}", percent_encode(&s.database));
+            if !s.retention_policy.is_empty() {
+                p.push_str(&format!("&rp={}", percent_encode(&s.retention_policy)));
+            }
+            p + "&precision=" + precision
+        }
+        Api::V2 => {
+            let bucket = if s.bucket.is_empty() {
+                &s.database
+            } else {
+                &s.bucket
+            };
+            let mut p = String::from("/api/v2/write?");
+            if !s.org.is_empty() {
+                p.push_str(&format!("org={}&", percent_encode(&s.org)));
+            }
+            format!("{p}bucket={}&precision={precision}", percent_encode(bucket))
+        }
+        Api::V3 => format!(
+            "/api/v3/write_lp?db={}&precision={precision}&accept_partial=true",
+            percent_encode(&s.database)
+        ),
+    }
+}
+
+/// Line protocol for some of a batch's points (dead letters).
+pub fn body_of(points: &[&Point], unit_ns: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in points {
+        p.write_line_protocol_in(&mut out, unit_ns);
+    }
+    out
+}
+
+/// Line protocol for `points`, timestamps in units of `unit_ns`.
+pub fn body(points: &[Point], unit_ns: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum());
+    for p in points {
+        p.write_line_protocol_in(&mut out, unit_ns);
+    }
+    out
+}
+
 fn auth(s: &Settings) -> Vec<(String, String)> {
+    if !s.token.is_empty() {
+        let scheme = if s.api == Api::V3 { "Bearer" } else { "Token" };
+        return vec![("authorization".into(), format!("{scheme} {}", s.token))];
+    }
     if s.username.is_empty() {
         return Vec::new();
     }
@@ -131,6 +209,132 @@ fn base64(input: &[u8]) -> String {
             }
         }
     }
+    out
+}
+
+/// What a write's answer means for its points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// The server stored some points and refused the others for good.
+    /// `lines`: the refused lines (0-based) when the server named them
+    /// (v3); `dropped`: how many it refused, when it said.
+    Partial {
+        lines: Option<Vec<usize>>,
+        dropped: Option<u64>,
+        reason: String,
+    },
+    /// The batch was refused as a whole for its content (a syntax or type
+    /// error): find the bad lines by bisection.
+    BadData {
+        reason: String,
+    },
+    /// Larger than the server takes: send it in halves.
+    TooLarge {
+        reason: String,
+    },
+    /// Credentials refused (401/403).
+    Auth {
+        status: u16,
+        reason: String,
+    },
+    /// v1: the database does not exist.
+    NoDatabase {
+        reason: String,
+    },
+    /// Not now: 429/503 (with the server's `Retry-After` in ns, capped),
+    /// other 5xx and anything unexpected.
+    Retry {
+        after: Option<u64>,
+        reason: String,
+    },
+}
+
+/// Read a write's answer. `wall` turns an HTTP-date `Retry-After` into a
+/// delay; `cap_ns` bounds it (`max_reconnect_delay`).
+pub fn classify(
+    api: Api,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    wall: i64,
+    cap_ns: u64,
+) -> Verdict {
+    let reason = || format!("HTTP {status}: {}", server_reason(body));
+    match status {
+        200..=299 => Verdict::Delivered,
+        400 if api == Api::V3 && body.contains("\"line_number\"") => Verdict::Partial {
+            lines: Some(v3_failed_lines(body)),
+            dropped: None,
+            reason: reason(),
+        },
+        400 if body.contains("partial write") => Verdict::Partial {
+            lines: None,
+            dropped: partial_write_dropped(body),
+            reason: reason(),
+        },
+        // Not about the data: a request the server cannot route.
+        400 if body.contains("database is required") || body.contains("bucket") => Verdict::Retry {
+            after: None,
+            reason: reason(),
+        },
+        400 => Verdict::BadData { reason: reason() },
+        422 => Verdict::Partial {
+            lines: None,
+            dropped: partial_write_dropped(body),
+            reason: reason(),
+        },
+        401 | 403 => Verdict::Auth {
+            status,
+            reason: reason(),
+        },
+        404 if api == Api::V1 && body.contains("database not found") => {
+            Verdict::NoDatabase { reason: reason() }
+        }
+        413 => Verdict::TooLarge { reason: reason() },
+        429 | 503 => Verdict::Retry {
+            after: retry_after.and_then(|v| retry_after_ns(v, wall).map(|d| d.min(cap_ns))),
+            reason: reason(),
+        },
+        404 => Verdict::Retry {
+            after: None,
+            reason: format!(
+                "{} (is `api = {}` right for this server?)",
+                reason(),
+                api.name()
+            ),
+        },
+        _ => Verdict::Retry {
+            after: None,
+            reason: reason(),
+        },
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, in ns from `wall`.
+pub fn retry_after_ns(v: &str, wall: i64) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs.saturating_mul(1_000_000_000));
+    }
+    let at = crate::timefmt::parse_http_date(v)?;
+    Some(at.saturating_sub(wall).max(0) as u64)
+}
+
+/// The 1-based `line_number`s of an InfluxDB 3 partial-write answer, as
+/// 0-based indices.
+fn v3_failed_lines(body: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(i) = rest.find("\"line_number\"") {
+        rest = rest[i + 13..].trim_start_matches([':', ' ']);
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Some(n) = digits.parse::<usize>().ok().filter(|n| *n > 0) {
+            out.push(n - 1);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -184,16 +388,180 @@ mod tests {
         s.database = "my db".into();
         s.username = "u".into();
         s.password = "p".into();
-        let r = Request::write(1, &s, b"m f=1 1\n".to_vec(), 1);
+        s.gzip = false;
+        let p = [Point {
+            line: "m f=1".into(),
+            series_len: 1,
+            timestamp: 1,
+        }];
+        let r = Request::write(1, &s, 0, &p);
+        assert_eq!(r.body, b"m f=1 1\n");
         assert_eq!(r.path, "/write?db=my%20db&precision=ns");
         assert!(r
             .headers
             .contains(&("authorization".into(), "Basic dTpw".into())));
-        let c = Request::create_database(2, &s);
+        let c = Request::create_database(2, &s, 0);
         assert_eq!(
             String::from_utf8(c.body).unwrap(),
             "q=CREATE%20DATABASE%20%22my%20db%22"
         );
+    }
+
+    fn classify_v(api: Api, status: u16, retry: Option<&str>, body: &str) -> Verdict {
+        classify(
+            api,
+            status,
+            retry,
+            body,
+            784_111_777_000_000_000,
+            300_000_000_000,
+        )
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(classify_v(Api::V1, 204, None, ""), Verdict::Delivered);
+        assert!(matches!(
+            classify_v(
+                Api::V1,
+                400,
+                None,
+                r#"{"error":"partial write: field type conflict dropped=2"}"#
+            ),
+            Verdict::Partial {
+                dropped: Some(2),
+                lines: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_v(
+                Api::V1,
+                400,
+                None,
+                r#"{"error":"unable to parse 'm f=': missing field value"}"#
+            ),
+            Verdict::BadData { .. }
+        ));
+        assert!(matches!(
+            classify_v(Api::V1, 400, None, r#"{"error":"database is required"}"#),
+            Verdict::Retry { after: None, .. }
+        ));
+        assert!(matches!(
+            classify_v(
+                Api::V2,
+                422,
+                None,
+                r#"{"code":"unprocessable entity","message":"partial write: points beyond retention policy dropped=1"}"#
+            ),
+            Verdict::Partial {
+                dropped: Some(1),
+                ..
+            }
+        ));
+        let v3 = r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"m f=x","line_number":3,"error_message":"bad"},{"original_line":"m g=y","line_number": 1,"error_message":"bad"}]}"#;
+        assert!(matches!(
+            classify_v(Api::V3, 400, None, v3),
+            Verdict::Partial { lines: Some(l), .. } if l == vec![0, 2]
+        ));
+        assert!(matches!(
+            classify_v(Api::V2, 401, None, "{}"),
+            Verdict::Auth { status: 401, .. }
+        ));
+        assert!(matches!(
+            classify_v(Api::V1, 403, None, "{}"),
+            Verdict::Auth { status: 403, .. }
+        ));
+        assert!(matches!(
+            classify_v(
+                Api::V1,
+                404,
+                None,
+                r#"{"error":"database not found: \"x\""}"#
+            ),
+            Verdict::NoDatabase { .. }
+        ));
+        match classify_v(Api::V2, 404, None, r#"{"message":"not found"}"#) {
+            Verdict::Retry { reason, .. } => assert!(reason.contains("api = v2"), "{reason}"),
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(
+            classify_v(Api::V1, 413, None, ""),
+            Verdict::TooLarge { .. }
+        ));
+        assert_eq!(
+            classify_v(Api::V1, 429, Some("7"), ""),
+            Verdict::Retry {
+                after: Some(7_000_000_000),
+                reason: "HTTP 429: ".into()
+            }
+        );
+        // An HTTP date 30 s after `wall`; and a cap of 300 s.
+        assert!(matches!(
+            classify_v(Api::V1, 503, Some("Sun, 06 Nov 1994 08:50:07 GMT"), ""),
+            Verdict::Retry {
+                after: Some(30_000_000_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_v(Api::V1, 503, Some("86400"), ""),
+            Verdict::Retry {
+                after: Some(300_000_000_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_v(Api::V1, 503, Some("soon"), ""),
+            Verdict::Retry { after: None, .. }
+        ));
+        assert!(matches!(
+            classify_v(Api::V1, 500, None, ""),
+            Verdict::Retry { after: None, .. }
+        ));
+    }
+
+    #[test]
+    fn write_paths_and_auth_per_api() {
+        let mut s = Settings::defaults("o");
+        s.endpoints = vec![crate::endpoint::Endpoint::parse("http://h:1/pre").unwrap()];
+        s.retention_policy = "week".into();
+        s.precision = crate::endpoint::Precision::S;
+        s.gzip = false;
+        let p = [Point {
+            line: "m f=1".into(),
+            series_len: 1,
+            timestamp: 1_700_000_000_999_999_999,
+        }];
+        let r = Request::write(1, &s, 0, &p);
+        assert_eq!(r.path, "/pre/write?db=solar&rp=week&precision=s");
+        assert_eq!(r.body, b"m f=1 1700000000\n");
+        s.api = Api::V2;
+        s.org = "acme".into();
+        s.token = "tok".into();
+        let r = Request::write(1, &s, 0, &p);
+        assert_eq!(
+            r.path,
+            "/pre/api/v2/write?org=acme&bucket=solar&precision=s"
+        );
+        assert!(r
+            .headers
+            .contains(&("authorization".into(), "Token tok".into())));
+        s.api = Api::V3;
+        s.gzip = true;
+        let r = Request::write(1, &s, 0, &p);
+        assert_eq!(
+            r.path,
+            "/pre/api/v3/write_lp?db=solar&precision=second&accept_partial=true"
+        );
+        assert!(r
+            .headers
+            .contains(&("authorization".into(), "Bearer tok".into())));
+        assert!(r
+            .headers
+            .contains(&("content-encoding".into(), "gzip".into())));
+        assert_eq!(&r.body[..2], &[0x1f, 0x8b]);
+        assert_eq!(Request::ping(2, &s, 0).path, "/pre/ping");
     }
 
     #[test]

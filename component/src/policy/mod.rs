@@ -15,10 +15,10 @@ pub mod storage;
 use std::collections::VecDeque;
 
 use crate::backlog::Backlog;
-use crate::config::{Settings, NANOS};
+use crate::config::{Api, Settings, NANOS};
 use crate::point::Point;
 use backoff::Jitter;
-pub use http::{Outcome, Purpose, Request};
+pub use http::{Outcome, Purpose, Request, Verdict};
 pub use log::{Level, LogLine};
 pub use storage::{DropReason, Drops};
 use storage::{Report, Storage};
@@ -35,8 +35,38 @@ const MAX_READY_BATCHES: usize = 4;
 enum Source {
     /// Only in memory: on failure they go to the backlog.
     Memory(Vec<Point>),
-    /// The `n` oldest points of the backlog: on success they are consumed.
-    Backlog(u64),
+    /// The oldest points of the backlog, reserved there: on success they
+    /// are consumed.
+    Backlog(Vec<Point>),
+    /// The next piece of the batch being resent in pieces (`Rework`).
+    Piece,
+}
+
+/// A batch the server refused as a whole (bad data, too large), resent in
+/// pieces until every point is delivered or known bad. Pieces finish left
+/// to right, so a backlog batch is consumed from its head as they do.
+#[derive(Debug, Clone, PartialEq)]
+struct Rework {
+    /// Pieces still to send; the next (leftmost) is last.
+    pieces: Vec<Vec<Point>>,
+    /// The points are the backlog's reserved head, else only in memory.
+    in_backlog: bool,
+}
+
+impl Rework {
+    fn points(&self) -> impl Iterator<Item = &Point> {
+        self.pieces.iter().rev().flatten()
+    }
+}
+
+/// Lines the server refused for good, for the dead-letter file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The server's reason, for the comment line above the lines.
+    pub reason: String,
+    /// Line protocol as sent (write precision), uncompressed.
+    pub lines: Vec<u8>,
+    pub points: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,8 +139,22 @@ pub struct Policy<B: Backlog> {
     batch_started: Option<Instant>,
     ready: VecDeque<Vec<Point>>,
     in_flight: Option<InFlight>,
+    rework: Option<Rework>,
     next_id: u64,
     need_create_db: bool,
+    /// A 404 "database not found" already led to a create: the next one
+    /// backs off instead of looping.
+    created_on_404: bool,
+    /// Credentials are being refused (logged once until a delivery).
+    auth_failing: bool,
+    /// The reason of the last rejection logged at warning level.
+    last_reject: String,
+    /// The server's `Retry-After`, used for the next delay instead of the
+    /// backoff schedule.
+    server_delay: Option<u64>,
+    /// Index of the server in use in `Settings::endpoints`.
+    active: usize,
+    dead: VecDeque<DeadLetter>,
     /// Last successful connection check, for periodic reconnection.
     last_check: Instant,
     outage_logged: bool,
@@ -142,8 +186,15 @@ impl<B: Backlog> Policy<B> {
             batch_started: None,
             ready: VecDeque::new(),
             in_flight: None,
+            rework: None,
             next_id: 1,
             need_create_db: false,
+            created_on_404: false,
+            auth_failing: false,
+            last_reject: String::new(),
+            server_delay: None,
+            active: 0,
+            dead: VecDeque::new(),
             last_check: now,
             outage_logged: false,
             draining: None,
@@ -205,6 +256,9 @@ impl<B: Backlog> Policy<B> {
     /// not yet in the backlog, oldest first.
     pub fn memory_state(&self) -> (Counters, Vec<Point>) {
         let mut points = Vec::new();
+        if let Some(rw) = self.rework.as_ref().filter(|r| !r.in_backlog) {
+            points.extend(rw.points().cloned());
+        }
         if let Some(InFlight {
             what: Flight::Write(Source::Memory(p)),
             ..
@@ -236,7 +290,11 @@ impl<B: Backlog> Policy<B> {
                 ..
             }) => p.len() as u64,
             _ => 0,
-        };
+        } + self
+            .rework
+            .as_ref()
+            .filter(|r| !r.in_backlog)
+            .map_or(0, |r| r.points().count() as u64);
         Stats {
             counters: self.counters.clone(),
             backlog_points: self.storage.len(),
@@ -287,10 +345,12 @@ impl<B: Backlog> Policy<B> {
         self.clock = (now, wall);
         self.seal_batch();
         self.spill_in_flight();
+        self.drop_rework();
         while let Some(b) = self.ready.pop_front() {
             self.put(b);
         }
         self.in_flight = None;
+        self.storage.release();
         self.sync_backlog();
         let held = self.storage.held_points();
         if held > 0 {
@@ -346,8 +406,18 @@ impl<B: Backlog> Policy<B> {
                     );
                 }
             }
-            (Flight::Write(source), Outcome::Answer { status, body, .. }) => {
-                self.on_write_answer(source, status, &body, now)
+            (
+                Flight::Write(source),
+                Outcome::Answer {
+                    status,
+                    retry_after,
+                    body,
+                },
+            ) => {
+                let cap = secs(self.s.max_reconnect_delay);
+                let verdict =
+                    http::classify(self.s.api, status, retry_after.as_deref(), &body, wall, cap);
+                self.on_write_verdict(source, verdict, now)
             }
         }
         self.sync_backlog();
@@ -386,25 +456,29 @@ impl<B: Backlog> Policy<B> {
             Conn::BackingOff { attempt, .. } => {
                 self.conn = Conn::Connecting { attempt };
                 self.counters.reconnect_attempts += 1;
-                let addr = self.s.address();
+                let addr = self.address();
                 self.log(
                     Level::Info,
                     format!("Attempting to reconnect to InfluxDB at {addr} (attempt {attempt})"),
                 );
-                (Flight::Ping { periodic: false }, Request::ping(id, &self.s))
+                (
+                    Flight::Ping { periodic: false },
+                    Request::ping(id, &self.s, self.active),
+                )
             }
-            Conn::Connecting { .. } => {
-                (Flight::Ping { periodic: false }, Request::ping(id, &self.s))
-            }
+            Conn::Connecting { .. } => (
+                Flight::Ping { periodic: false },
+                Request::ping(id, &self.s, self.active),
+            ),
             Conn::Connected if self.need_create_db => {
                 self.need_create_db = false;
                 (
                     Flight::CreateDatabase,
-                    Request::create_database(id, &self.s),
+                    Request::create_database(id, &self.s, self.active),
                 )
             }
             Conn::Connected if self.periodic_due(now) => {
-                let addr = self.s.address();
+                let addr = self.address();
                 let every = self.s.periodic_reconnect_interval;
                 self.log(
                     Level::Info,
@@ -412,7 +486,15 @@ impl<B: Backlog> Policy<B> {
                         "Performing periodic reconnect to InfluxDB at {addr} (every {every} s)"
                     ),
                 );
-                (Flight::Ping { periodic: true }, Request::ping(id, &self.s))
+                (
+                    Flight::Ping { periodic: true },
+                    Request::ping(id, &self.s, self.active),
+                )
+            }
+            Conn::Connected if self.rework.is_some() => {
+                let piece = self.rework.as_ref().and_then(|r| r.pieces.last())?;
+                let req = Request::write(id, &self.s, self.active, piece);
+                (Flight::Write(Source::Piece), req)
             }
             Conn::Connected if !self.storage.is_empty() => {
                 let points = match self.storage.peek(self.s.batch_size as usize) {
@@ -434,11 +516,9 @@ impl<B: Backlog> Policy<B> {
                         format!("Flushing {announced} backlog points to InfluxDB"),
                     );
                 }
-                let n = points.len() as u32;
-                (
-                    Flight::Write(Source::Backlog(n as u64)),
-                    Request::write(id, &self.s, body(&points), n),
-                )
+                self.storage.reserve(points.len() as u64);
+                let req = Request::write(id, &self.s, self.active, &points);
+                (Flight::Write(Source::Backlog(points)), req)
             }
             Conn::Connected => {
                 // Held points (the backlog could not take them) are older
@@ -447,8 +527,7 @@ impl<B: Backlog> Policy<B> {
                     .storage
                     .take_held()
                     .or_else(|| self.ready.pop_front())?;
-                let n = points.len() as u32;
-                let req = Request::write(id, &self.s, body(&points), n);
+                let req = Request::write(id, &self.s, self.active, &points);
                 (Flight::Write(Source::Memory(points)), req)
             }
         };
@@ -474,6 +553,7 @@ impl<B: Backlog> Policy<B> {
                 Conn::Connecting { .. } => consider(now),
                 Conn::Connected => {
                     if self.need_create_db
+                        || self.rework.is_some()
                         || !self.ready.is_empty()
                         || !self.storage.is_empty()
                         || self.storage.held_points() > 0
@@ -498,6 +578,11 @@ impl<B: Backlog> Policy<B> {
     /// The next log line for the operator.
     pub fn poll_log(&mut self) -> Option<LogLine> {
         self.logs.pop_front()
+    }
+
+    /// The next lines refused for good, for the dead-letter file.
+    pub fn poll_dead_letter(&mut self) -> Option<DeadLetter> {
+        self.dead.pop_front()
     }
 
     // ----- internals -----
@@ -544,13 +629,14 @@ impl<B: Backlog> Policy<B> {
         let Flight::Write(source @ Source::Memory(_)) = &mut flight.what else {
             return;
         };
-        let Source::Memory(points) = std::mem::replace(source, Source::Backlog(0)) else {
+        let Source::Memory(points) = std::mem::replace(source, Source::Piece) else {
             unreachable!()
         };
-        let n = points.len() as u64;
-        let kept = if self.put(points.clone()) {
-            Source::Backlog(n)
+        // Backlog empty while a memory write flies: these become its head.
+        let kept = if self.put_reserved(&points) {
+            Source::Backlog(points)
         } else {
+            self.put(points.clone());
             Source::Memory(points)
         };
         if let Some(InFlight {
@@ -567,6 +653,12 @@ impl<B: Backlog> Policy<B> {
     fn put(&mut self, points: Vec<Point>) -> bool {
         let (now, wall) = self.clock;
         self.with_storage(|st, r| st.put(points, now, wall, r))
+    }
+
+    /// Append a memory batch as the reserved head of the empty backlog.
+    fn put_reserved(&mut self, points: &[Point]) -> bool {
+        let (now, wall) = self.clock;
+        self.with_storage(|st, r| st.put_reserved(points, now, wall, r))
     }
 
     fn sync_backlog(&mut self) {
@@ -598,56 +690,242 @@ impl<B: Backlog> Policy<B> {
             Conn::Connecting { attempt: 0 } => {
                 self.log(
                     Level::Info,
-                    format!("Connected to InfluxDB at {}", self.s.address()),
+                    format!("Connected to InfluxDB at {}", self.address()),
                 );
-                self.need_create_db = true;
+                self.need_create_db = self.creates_database();
             }
             _ => {
                 self.log(Level::Info, "Successfully reconnected to InfluxDB".into());
-                self.need_create_db = true;
+                self.need_create_db = self.creates_database();
             }
         }
         self.conn = Conn::Connected;
         self.outage_logged = false;
-        if self.storage.is_empty() && self.storage.held_points() == 0 && self.ready.is_empty() {
+        if self.storage.is_empty()
+            && self.storage.held_points() == 0
+            && self.ready.is_empty()
+            && self.rework.is_none()
+        {
             self.streak = 0;
         }
     }
 
-    fn on_write_answer(&mut self, source: Source, status: u16, body: &str, now: Instant) {
-        let n = match &source {
-            Source::Memory(p) => p.len() as u64,
-            Source::Backlog(n) => *n,
+    fn creates_database(&self) -> bool {
+        self.s.api == Api::V1 && self.s.auto_create_database
+    }
+
+    /// The server in use, `host:port`, for log lines.
+    fn address(&self) -> String {
+        self.s.endpoints[self.active].authority()
+    }
+
+    fn on_write_verdict(&mut self, source: Source, verdict: Verdict, now: Instant) {
+        let (points, from_backlog) = match source {
+            Source::Memory(p) => (p, false),
+            Source::Backlog(p) => (p, true),
+            Source::Piece => match self.rework.as_mut().and_then(|r| r.pieces.pop()) {
+                Some(p) => (p, self.rework.as_ref().is_some_and(|r| r.in_backlog)),
+                None => return,
+            },
         };
-        let rejected = match status {
-            200..=299 => 0,
-            // InfluxDB took what it could parse; retrying cannot help.
-            400 => http::partial_write_dropped(body).unwrap_or(n).min(n),
-            _ => {
-                let reason = format!(
-                    "write answered HTTP {status}: {}",
-                    http::server_reason(body)
-                );
-                return self.on_failure(Flight::Write(source), &reason, now);
+        let piece = self.rework.is_some();
+        let n = points.len();
+        let refused_all = |dropped: Option<u64>| n == 1 || dropped.is_some_and(|d| d >= n as u64);
+        match verdict {
+            Verdict::Delivered => self.finish(points, from_backlog, &[], ""),
+            Verdict::Partial {
+                lines: Some(lines),
+                reason,
+                ..
+            } => self.finish(points, from_backlog, &lines, &reason),
+            Verdict::Partial {
+                dropped, reason, ..
+            } if refused_all(dropped) => {
+                let all: Vec<usize> = (0..n).collect();
+                self.finish(points, from_backlog, &all, &reason)
             }
-        };
-        if rejected > 0 {
-            self.counters.rejected += rejected;
-            let reason = http::server_reason(body);
-            self.log(
-                Level::Warn,
-                format!("InfluxDB rejected {rejected} of {n} points: {reason}"),
-            );
-        }
-        self.counters.delivered += n - rejected;
-        self.streak = 0;
-        if let Source::Backlog(n) = source {
-            if let Err(e) = self.storage.consume(n) {
+            Verdict::BadData { reason } if n == 1 => {
+                self.finish(points, from_backlog, &[0], &reason)
+            }
+            Verdict::TooLarge { reason } if n == 1 => {
+                let reason = format!("{reason} (a single point larger than the server accepts)");
+                self.finish(points, from_backlog, &[0], &reason)
+            }
+            Verdict::Partial { reason, .. } | Verdict::BadData { reason } => {
+                if !piece {
+                    self.log(
+                        Level::Warn,
+                        format!("InfluxDB refused {n} points ({reason}); resending them in halves to find the bad lines"),
+                    );
+                }
+                self.split(points, from_backlog, piece);
+            }
+            Verdict::TooLarge { reason } => {
+                self.log(
+                    Level::Warn,
+                    format!("A batch of {n} points is too large for InfluxDB ({reason}); sending it in halves"),
+                );
+                self.split(points, from_backlog, piece);
+            }
+            Verdict::NoDatabase { reason } if self.creates_database() && !self.created_on_404 => {
+                self.created_on_404 = true;
+                self.need_create_db = true;
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "Database {} does not exist ({reason}); creating it (auto_create_database = true)",
+                        self.s.database
+                    ),
+                );
+                self.give_back(points, from_backlog, piece);
+            }
+            Verdict::NoDatabase { reason } => {
+                let hint = if self.creates_database() {
+                    "creating it did not help; check the user's rights"
+                } else {
+                    "create it or set auto_create_database = true"
+                };
                 self.log(
                     Level::Error,
-                    format!("Could not advance the backlog cursor: {e}"),
+                    format!(
+                        "Database {} does not exist on {} ({hint}); keeping the data and retrying",
+                        self.s.database,
+                        self.address()
+                    ),
                 );
+                self.give_back(points, from_backlog, piece);
+                self.on_failure(Flight::Write(Source::Piece), &reason, now);
             }
+            Verdict::Auth { status, reason } => {
+                if !self.auth_failing {
+                    self.auth_failing = true;
+                    let what = match self.s.api {
+                        Api::V1 if self.s.token.is_empty() => "username and password",
+                        _ => "token",
+                    };
+                    self.log(
+                        Level::Error,
+                        format!(
+                            "Authentication failed: InfluxDB at {} answered HTTP {status}; check the {what} of output [{}]. Keeping the data and retrying",
+                            self.address(),
+                            self.s.name
+                        ),
+                    );
+                }
+                self.give_back(points, from_backlog, piece);
+                self.on_failure(Flight::Write(Source::Piece), &reason, now);
+            }
+            Verdict::Retry { after, reason } => {
+                let reason = match after {
+                    Some(d) => {
+                        self.server_delay = Some(d);
+                        format!("{reason} (server asked to retry after {} s)", fmt_secs(d))
+                    }
+                    None => reason,
+                };
+                self.give_back(points, from_backlog, piece);
+                self.on_failure(Flight::Write(Source::Piece), &reason, now);
+            }
+        }
+    }
+
+    /// Undo taking a write's points: a piece goes back on top of its
+    /// rework, a backlog batch stays reserved until `on_failure` releases
+    /// it, a memory batch goes to the backlog.
+    fn give_back(&mut self, points: Vec<Point>, from_backlog: bool, piece: bool) {
+        if piece {
+            if let Some(rw) = self.rework.as_mut() {
+                rw.pieces.push(points);
+                return;
+            }
+        }
+        if from_backlog {
+            self.storage.release();
+        } else {
+            self.put(points);
+        }
+    }
+
+    /// Resend `points` in halves, left first.
+    fn split(&mut self, mut points: Vec<Point>, from_backlog: bool, piece: bool) {
+        let right = points.split_off(points.len() / 2);
+        if !piece {
+            let in_backlog = from_backlog || self.put_reserved(&points_concat(&points, &right));
+            self.rework = Some(Rework {
+                pieces: Vec::new(),
+                in_backlog,
+            });
+        }
+        if let Some(rw) = self.rework.as_mut() {
+            rw.pieces.push(right);
+            rw.pieces.push(points);
+        }
+    }
+
+    /// End the rework (a failure, or shutdown): its points go back to the
+    /// backlog, or stay there.
+    fn drop_rework(&mut self) {
+        if let Some(rw) = self.rework.take() {
+            if rw.in_backlog {
+                self.storage.release();
+            } else {
+                let points: Vec<Point> = rw.points().cloned().collect();
+                self.put(points);
+            }
+        }
+    }
+
+    /// A write is done with: the points at `rejected` (indices) were
+    /// refused for good and go to the dead-letter file, the rest are in.
+    fn finish(&mut self, points: Vec<Point>, from_backlog: bool, rejected: &[usize], reason: &str) {
+        let n = points.len() as u64;
+        // Points a limit dropped while they were out are counted there.
+        let present = if from_backlog {
+            match self.storage.consume_reserved(n) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.log(
+                        Level::Error,
+                        format!("Could not advance the backlog cursor: {e}"),
+                    );
+                    n
+                }
+            }
+        } else {
+            n
+        };
+        let bad: Vec<&Point> = rejected.iter().filter_map(|i| points.get(*i)).collect();
+        let bad_n = (bad.len() as u64).min(present);
+        self.counters.rejected += bad_n;
+        self.counters.delivered += present - bad_n;
+        self.streak = 0;
+        self.auth_failing = false;
+        self.created_on_404 = false;
+        if !bad.is_empty() {
+            let lines = http::body_of(&bad, self.s.precision.nanos());
+            let level = if reason == self.last_reject {
+                Level::Debug
+            } else {
+                Level::Warn
+            };
+            self.last_reject = reason.to_string();
+            self.log(
+                level,
+                format!(
+                    "InfluxDB rejected {} of {n} points for good ({reason}); they are in the dead-letter file",
+                    bad.len()
+                ),
+            );
+            self.dead.push_back(DeadLetter {
+                reason: reason.to_string(),
+                lines,
+                points: bad.len() as u64,
+            });
+        }
+        if self.rework.as_ref().is_some_and(|r| r.pieces.is_empty()) {
+            self.rework = None;
+        }
+        if from_backlog {
             let drain = self.draining.get_or_insert(Drain {
                 announced: 0,
                 written: 0,
@@ -671,9 +949,14 @@ impl<B: Backlog> Policy<B> {
     /// A request failed: keep its points, leave the connected state, and
     /// schedule the next attempt.
     fn on_failure(&mut self, what: Flight, reason: &str, now: Instant) {
-        if let Flight::Write(Source::Memory(points)) = what {
-            self.put(points);
+        match what {
+            Flight::Write(Source::Memory(points)) => {
+                self.put(points);
+            }
+            Flight::Write(Source::Backlog(_)) => self.storage.release(),
+            _ => {}
         }
+        self.drop_rework();
         while let Some(b) = self.ready.pop_front() {
             self.put(b);
         }
@@ -712,7 +995,7 @@ impl<B: Backlog> Policy<B> {
             Level::Warn,
             format!(
                 "Connection to InfluxDB at {} failed: {reason}",
-                self.s.address()
+                self.address()
             ),
         );
         if !self.outage_logged {
@@ -730,6 +1013,9 @@ impl<B: Backlog> Policy<B> {
     }
 
     fn next_delay(&mut self, attempt: u32) -> u64 {
+        if let Some(d) = self.server_delay.take() {
+            return d;
+        }
         let base = backoff::delay_ns(&self.s, attempt);
         self.jitter.apply(base, self.s.reconnect_jitter)
     }
@@ -748,13 +1034,11 @@ fn fmt_secs(ns: u64) -> String {
     }
 }
 
-fn body(points: &[Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum());
-    for p in points {
-        p.write_line_protocol(&mut out);
-    }
-    out
+fn points_concat(a: &[Point], b: &[Point]) -> Vec<Point> {
+    a.iter().chain(b).cloned().collect()
 }
 
+#[cfg(test)]
+mod answer_tests;
 #[cfg(test)]
 mod tests;

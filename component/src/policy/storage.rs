@@ -76,6 +76,18 @@ impl Report<'_> {
             self.log(Level::Warn, message);
         }
     }
+
+    /// Points dropped from the backlog's head by a limit.
+    fn dropped_head<B: Backlog>(
+        &mut self,
+        storage: &mut Storage<B>,
+        reason: DropReason,
+        n: u64,
+        message: String,
+    ) {
+        storage.head_dropped(n);
+        self.dropped(reason, n, message);
+    }
 }
 
 pub struct Storage<B: Backlog> {
@@ -93,6 +105,11 @@ pub struct Storage<B: Backlog> {
     held_limit: u64,
     /// While the backlog is failing: when to try it again.
     retry_at: Option<Instant>,
+    /// Head points out for delivery (an in-flight write or a bisection);
+    /// of those, `lost` were dropped by a limit meanwhile, so their answer
+    /// must not consume newer points in their place.
+    reserved: u64,
+    lost: u64,
 }
 
 impl<B: Backlog> Storage<B> {
@@ -109,6 +126,8 @@ impl<B: Backlog> Storage<B> {
             held_points: 0,
             held_limit: MIN_HELD_POINTS.max(10 * s.batch_size as u64),
             retry_at: None,
+            reserved: 0,
+            lost: 0,
         }
     }
 
@@ -150,8 +169,33 @@ impl<B: Backlog> Storage<B> {
         self.backlog.peek(max)
     }
 
-    pub fn consume(&mut self, n: u64) -> Result<(), crate::backlog::BacklogError> {
-        self.backlog.consume(n)
+    /// The `n` head points are out for delivery until `consume_reserved`
+    /// or `release`.
+    pub fn reserve(&mut self, n: u64) {
+        self.reserved = n;
+        self.lost = 0;
+    }
+
+    /// The next `n` reserved points are done with (delivered or rejected):
+    /// consume those still in the backlog; returns how many that was.
+    pub fn consume_reserved(&mut self, n: u64) -> Result<u64, crate::backlog::BacklogError> {
+        let n = n.min(self.reserved);
+        let gone = n.min(self.lost);
+        self.lost -= gone;
+        self.reserved -= n;
+        self.backlog.consume(n - gone)?;
+        Ok(n - gone)
+    }
+
+    /// The reserved points stay in the backlog (the delivery failed).
+    pub fn release(&mut self) {
+        self.reserved = 0;
+        self.lost = 0;
+    }
+
+    /// A limit dropped `n` head points: some may be reserved ones.
+    fn head_dropped(&mut self, n: u64) {
+        self.lost += n.min(self.reserved - self.lost);
     }
 
     /// The oldest held batch, to send while the backlog cannot take it.
@@ -176,6 +220,27 @@ impl<B: Backlog> Storage<B> {
         }
         self.hold(points, r);
         false
+    }
+
+    /// Append `points` as the reserved head of an otherwise empty backlog
+    /// (a memory batch about to be bisected), unless something is held or
+    /// the backlog fails; true if they are in.
+    pub fn put_reserved(
+        &mut self,
+        points: &[Point],
+        now: Instant,
+        wall: i64,
+        r: &mut Report,
+    ) -> bool {
+        if !self.held.is_empty() || !self.backlog.is_empty() {
+            return false;
+        }
+        self.reserve(points.len() as u64);
+        let ok = self.append(points, now, wall, r);
+        if !ok {
+            self.release();
+        }
+        ok
     }
 
     fn append(&mut self, points: &[Point], now: Instant, wall: i64, r: &mut Report) -> bool {
@@ -294,7 +359,8 @@ impl<B: Backlog> Storage<B> {
         let max = self.max_points;
         if self.backlog.len() > max {
             match self.backlog.enforce_size(max) {
-                Ok(n) => r.dropped(
+                Ok(n) => r.dropped_head(
+                    self,
                     DropReason::Size,
                     n,
                     format!("Backlog full (max_backlog_size={max}): dropped {n} oldest points"),
@@ -308,7 +374,8 @@ impl<B: Backlog> Storage<B> {
         let max = self.max_bytes;
         if self.backlog.bytes() > max {
             match self.backlog.enforce_bytes(max) {
-                Ok(n) => r.dropped(
+                Ok(n) => r.dropped_head(
+                    self,
                     DropReason::Bytes,
                     n,
                     format!("Backlog over max_backlog_bytes={max}: dropped {n} oldest points"),
@@ -334,7 +401,8 @@ impl<B: Backlog> Storage<B> {
         match self.backlog.enforce_age(wall - max_age + 1) {
             Ok(n) => {
                 let age = max_age as f64 / NANOS;
-                r.dropped(
+                r.dropped_head(
+                    self,
                     DropReason::Age,
                     n,
                     format!("Dropped {n} backlog points older than max_backlog_age ({age} s)"),

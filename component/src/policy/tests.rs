@@ -406,27 +406,6 @@ fn hung_server_keeps_accepting_with_bounded_memory() {
 }
 
 #[test]
-fn partial_write_counts_rejected_points_and_moves_on() {
-    let mut s = Settings::defaults("o");
-    s.batch_size = 10;
-    let mut server = SimServer::new();
-    server.script.push_back((
-        400,
-        "{\"error\":\"partial write: field type conflict dropped=2\"}".into(),
-    ));
-    let mut sim = sim(s, server);
-    sim.write(points(0..10));
-    sim.write(points(10..20));
-    sim.run_until(secs(5.0));
-    let c = sim.policy.counters();
-    assert_eq!((c.delivered, c.rejected), (18, 2));
-    assert!(sim
-        .messages()
-        .iter()
-        .any(|m| m.contains("rejected 2 of 10 points: partial write")));
-}
-
-#[test]
 fn shutdown_moves_everything_undelivered_to_the_backlog() {
     let mut s = Settings::defaults("o");
     s.batch_size = 100;

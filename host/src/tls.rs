@@ -1,0 +1,703 @@
+//! HTTPS for the sinks. wasmtime-wasi-http's `default_send_request` trusts
+//! only its built-in webpki roots, so `https` requests go through our own
+//! rustls client instead: the system's CA bundle plus the certificates of
+//! `tls_ca_file`, or no certificate check at all with
+//! `tls_insecure_skip_verify`. The client is built once per sink, at
+//! instantiate. [`TlsClient::send`] mirrors `default_send_request` (connect,
+//! first-byte and between-bytes timeouts) with that connector; plain `http`
+//! stays with `default_send_request`.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use crate::config::OutputSpec;
+
+/// Drives the rest of the connection once the response head is in; its
+/// result reaches the guest through the request's future.
+pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+/// `default_send_request`'s timeout when the guest sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// CA bundles of the common distributions, tried in order after
+/// `$SSL_CERT_FILE`; the first with a certificate wins.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// One sink's HTTPS client. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct TlsClient {
+    name: String,
+    connector: tokio_rustls::TlsConnector,
+    /// Per server authority, the handshake failure last logged, so a sink
+    /// retrying with backoff logs each distinct reason once.
+    logged: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl TlsClient {
+    /// The client for `output`, with the loud warning for
+    /// `tls_insecure_skip_verify`. Called by `Runtime::instantiate`.
+    pub fn for_output(output: &OutputSpec) -> Result<TlsClient, String> {
+        let s = &output.settings;
+        let ca_file = output
+            .tls_ca_path
+            .clone()
+            .or_else(|| (!s.tls_ca_file.is_empty()).then(|| PathBuf::from(&s.tls_ca_file)));
+        let client = TlsClient::new(&s.name, ca_file.as_deref(), s.tls_insecure_skip_verify)?;
+        if s.tls_insecure_skip_verify {
+            crate::log::warn(
+                &s.name,
+                "WARNING: tls_insecure_skip_verify = true: the server's certificate is NOT \
+                 checked; anyone on the path can read and change the data",
+            );
+        }
+        Ok(client)
+    }
+
+    /// The client of sink `name`: trusts the system's CA bundle (or, if the
+    /// system has none, the built-in Mozilla roots) plus every certificate
+    /// in `ca_file`; with `insecure_skip_verify`, any certificate at all.
+    /// A missing, unreadable or certificate-less `ca_file` is an error
+    /// naming the sink, the key and the file.
+    pub fn new(
+        name: &str,
+        ca_file: Option<&Path>,
+        insecure_skip_verify: bool,
+    ) -> Result<TlsClient, String> {
+        let mut roots = system_roots().clone();
+        if let Some(path) = ca_file {
+            let what = format!("[{name}] tls_ca_file = {}", path.display());
+            let certs = read_pem_certificates(path).map_err(|e| format!("{what}: {e}"))?;
+            let count = certs.len();
+            for (i, cert) in certs.into_iter().enumerate() {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "{what}: certificate {} of {count} is not usable as a CA: {e}",
+                        i + 1
+                    )
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("[{name}] cannot set up TLS: {e}"))?;
+        let mut config = if insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsClient {
+            name: name.to_string(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            logged: Arc::default(),
+        })
+    }
+
+    /// Send an `https` request: TCP connect, TLS handshake (SNI from the
+    /// URI's host; an IP address is checked against the certificate's IP
+    /// names), HTTP/1.1. A failed handshake is logged once per distinct
+    /// reason and returned as a TLS error, which the sink treats as a failed
+    /// connection.
+    pub async fn send(
+        &self,
+        mut req: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
+        let uri = req.uri();
+        let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let server_name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.clone())?,
+        };
+
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let first_byte_timeout = options
+            .and_then(|o| o.first_byte_timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let between_bytes_timeout = options
+            .and_then(|o| o.between_bytes_timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+
+        let tcp =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect((&*host, port))).await {
+                Ok(stream) => stream.map_err(Error::Connect)?,
+                Err(_) => return Err(Error::ConnectionTimeout),
+            };
+        let handshake = self.connector.connect(server_name, tcp);
+        let stream = match tokio::time::timeout(connect_timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                self.handshake_succeeded(&authority);
+                stream
+            }
+            Ok(Err(e)) => {
+                self.handshake_failed(&authority, &e.to_string());
+                return Err(handshake_error(e));
+            }
+            Err(_) => {
+                let why = format!("no answer within {connect_timeout:?}");
+                self.handshake_failed(&authority, &why);
+                return Err(Error::ConnectionTimeout);
+            }
+        };
+        let (mut sender, conn) = tokio::time::timeout(
+            connect_timeout,
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+        )
+        .await
+        .map_err(|_| Error::ConnectionTimeout)??;
+
+        // The request line carries only the path: scheme and authority are
+        // for proxies (the Host header is already set).
+        *req.uri_mut() = http::Uri::builder()
+            .path_and_query(
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+            )
+            .build()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+
+        let send = async move {
+            let res = tokio::time::timeout(first_byte_timeout, sender.send_request(req))
+                .await
+                .map_err(|_| Error::ConnectionReadTimeout)?
+                .map_err(Error::from)?;
+            // tokio panics on a zero interval.
+            let between = between_bytes_timeout.max(Duration::from_nanos(1));
+            let mut timeout = tokio::time::interval(between);
+            timeout.reset();
+            Ok::<_, Error>(res.map(|incoming| IncomingBody { incoming, timeout }))
+        };
+        let mut send = pin!(send);
+        let mut conn = Some(conn);
+        // Wait for the response head while driving the connection's I/O.
+        let res = poll_fn(|cx| match send.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                let Some(fut) = conn.as_mut() else {
+                    return Poll::Pending;
+                };
+                let done = ready!(Pin::new(fut).poll(cx));
+                conn = None;
+                match done {
+                    Ok(()) => send.as_mut().poll(cx),
+                    Err(e) => Poll::Ready(Err(Error::from(e))),
+                }
+            }
+        })
+        .await?;
+        let io = async move {
+            let Some(conn) = conn else {
+                return Ok(());
+            };
+            conn.await.map_err(|e| {
+                if e.is_timeout() {
+                    Error::HttpResponseTimeout
+                } else {
+                    Error::from(e)
+                }
+            })
+        };
+        Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+    }
+
+    /// Log a failed handshake with `authority`, unless this very reason was
+    /// the last one logged for it. Returns whether it logged.
+    fn handshake_failed(&self, authority: &str, why: &str) -> bool {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.get(authority).is_some_and(|last| last == why) {
+            return false;
+        }
+        logged.insert(authority.to_string(), why.to_string());
+        drop(logged);
+        crate::log::error(
+            &self.name,
+            &format!("TLS handshake with {authority} failed: {why}"),
+        );
+        true
+    }
+
+    /// After a good handshake, a later failure is news again.
+    fn handshake_succeeded(&self, authority: &str) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        logged.remove(authority);
+    }
+}
+
+/// The guest's view of a failed handshake: a bad certificate, an alert from
+/// the server, or any other TLS failure (`tls-protocol-error`).
+fn handshake_error(e: std::io::Error) -> Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => Error::TlsCertificateError,
+        Some(rustls::Error::AlertReceived(alert)) => Error::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        _ => Error::Tls(e),
+    }
+}
+
+/// The PEM certificates in `path`; an error if there is none.
+fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a valid PEM file: {e}"))?;
+    if certs.is_empty() {
+        return Err(
+            "contains no PEM certificate (a `-----BEGIN CERTIFICATE-----` block)".to_string(),
+        );
+    }
+    Ok(certs)
+}
+
+/// The system's trusted roots, read once per process: `$SSL_CERT_FILE` or
+/// the first distribution bundle found; the built-in Mozilla roots
+/// (webpki-roots) where the system has none.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+        let files = env
+            .into_iter()
+            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from));
+        for file in files {
+            let Ok(certs) = read_pem_certificates(&file) else {
+                continue;
+            };
+            let mut roots = RootCertStore::empty();
+            let (added, _unparsable) = roots.add_parsable_certificates(certs);
+            if added > 0 {
+                return roots;
+            }
+        }
+        RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }
+    })
+}
+
+/// `tls_insecure_skip_verify`: any certificate for any name is accepted.
+/// The handshake signatures are still checked (the peer holds the key of
+/// the certificate it sent), which proves nothing about who it is.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The response body, with the between-bytes timeout (as in
+/// `default_send_request`).
+struct IncomingBody {
+    incoming: hyper::body::Incoming,
+    timeout: tokio::time::Interval,
+}
+
+impl http_body::Body for IncomingBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(if e.is_timeout() {
+                Error::HttpResponseTimeout
+            } else {
+                Error::from(e)
+            }))),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.timeout.reset();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                ready!(self.timeout.poll_tick(cx));
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use influx_sink_component::config::Settings;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A test CA, and a server certificate it signed for `names`.
+    struct Pki {
+        ca_pem: String,
+        server_cert: CertificateDer<'static>,
+        server_key: Vec<u8>,
+    }
+
+    fn pki(names: &[&str]) -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "influx-sink test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let server = CertificateParams::new(names).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        Pki {
+            ca_pem: ca_cert.pem(),
+            server_cert: server_cert.der().clone(),
+            server_key: server_key.serialize_der(),
+        }
+    }
+
+    /// An HTTPS server on 127.0.0.1 that reads one request per connection
+    /// (head and Content-Length body) and answers `204 No Content`. The
+    /// bodies it received come out of the channel.
+    async fn https_server(
+        pki: &Pki,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.server_cert.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let Ok(n) = tls.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            break buf[end + 4..end + 4 + len].to_vec();
+                        }
+                    };
+                    let _ = tx.send(body);
+                    let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn request(url: &str, body: &'static [u8]) -> http::Request<WasiBody> {
+        let uri: http::Uri = url.parse().unwrap();
+        http::Request::post(&uri)
+            .header(http::header::HOST, uri.authority().unwrap().as_str())
+            .body(
+                http_body_util::Full::new(Bytes::from_static(body))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    fn options() -> Option<RequestOptions> {
+        let t = Some(Duration::from_secs(5));
+        Some(RequestOptions {
+            connect_timeout: t,
+            first_byte_timeout: t,
+            between_bytes_timeout: t,
+        })
+    }
+
+    /// Send one write and check it arrived and got its 204.
+    async fn write_ok(
+        client: &TlsClient,
+        url: &str,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        let (res, io) = client
+            .send(request(url, b"m v=1i\n"), options())
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(res.status(), http::StatusCode::NO_CONTENT);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+        Box::into_pin(io).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"m v=1i\n");
+    }
+
+    fn ca_file(dir: &tempfile::TempDir, pem: &str) -> PathBuf {
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn trusts_the_ca_of_tls_ca_file() {
+        let pki = pki(&["127.0.0.1", "localhost"]);
+        let (addr, mut rx) = https_server(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_file(&dir, &pki.ca_pem);
+        let client = TlsClient::new("out", Some(&ca), false).unwrap();
+        write_ok(&client, &format!("https://{addr}/api/v2/write"), &mut rx).await;
+        let url = format!("https://localhost:{}/write", addr.port());
+        write_ok(&client, &url, &mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn unknown_issuer_without_tls_ca_file_is_a_certificate_error_logged_once() {
+        let pki = pki(&["127.0.0.1"]);
+        let (addr, mut rx) = https_server(&pki).await;
+        let client = TlsClient::new("out", None, false).unwrap();
+        let url = format!("https://{addr}/write");
+        for _ in 0..3 {
+            let e = client.send(request(&url, b"x"), options()).await.err();
+            assert!(
+                matches!(e, Some(Error::TlsCertificateError)),
+                "expected a TLS certificate error, got {e:?}"
+            );
+        }
+        let logged = client.logged.lock().unwrap().clone();
+        assert_eq!(
+            logged.get(&addr.to_string()).map(String::as_str),
+            Some("invalid peer certificate: UnknownIssuer")
+        );
+        // Logged once: the same reason again is not news.
+        assert!(
+            !client.handshake_failed(&addr.to_string(), "invalid peer certificate: UnknownIssuer")
+        );
+        assert!(client.handshake_failed(&addr.to_string(), "something else"));
+        assert!(rx.try_recv().is_err(), "no request may get through");
+    }
+
+    #[tokio::test]
+    async fn a_name_not_in_the_certificate_is_refused() {
+        let pki = pki(&["127.0.0.1"]);
+        let (addr, mut rx) = https_server(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = TlsClient::new("out", Some(&ca_file(&dir, &pki.ca_pem)), false).unwrap();
+        let url = format!("https://localhost:{}/write", addr.port());
+        let e = client.send(request(&url, b"x"), options()).await.err();
+        assert!(matches!(e, Some(Error::TlsCertificateError)), "{e:?}");
+        let why = client.logged.lock().unwrap()[&format!("localhost:{}", addr.port())].clone();
+        assert!(why.contains("not valid for name \"localhost\""), "{why}");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn insecure_skip_verify_accepts_any_certificate() {
+        let pki = pki(&["some.other.name"]);
+        let (addr, mut rx) = https_server(&pki).await;
+        let client = TlsClient::new("out", None, true).unwrap();
+        write_ok(&client, &format!("https://{addr}/write"), &mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn plain_http_server_is_a_tls_error() {
+        // A server that answers in plain HTTP: the handshake fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let client = TlsClient::new("out", None, false).unwrap();
+        let url = format!("https://{addr}/write");
+        let e = client.send(request(&url, b"x"), options()).await.err();
+        assert!(matches!(e, Some(Error::Tls(_))), "{e:?}");
+        assert!(client
+            .logged
+            .lock()
+            .unwrap()
+            .contains_key(&addr.to_string()));
+    }
+
+    fn spec(ca: Option<PathBuf>, insecure: bool) -> OutputSpec {
+        let mut settings = Settings::defaults("out");
+        settings.tls_insecure_skip_verify = insecure;
+        OutputSpec {
+            settings,
+            pairs: Vec::new(),
+            backlog_dir: PathBuf::from("/nonexistent"),
+            tls_ca_path: ca,
+        }
+    }
+
+    #[test]
+    fn bad_tls_ca_file_is_an_instantiate_error_naming_sink_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = TlsClient::for_output(&spec(Some(missing.clone()), false))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.split(" (os error").next().unwrap(),
+            format!(
+                "[out] tls_ca_file = {}: cannot read: No such file or directory",
+                missing.display()
+            )
+        );
+
+        let key_only = KeyPair::generate().unwrap().serialize_pem();
+        for (content, why) in [
+            ("", "contains no PEM certificate"),
+            ("hello\n", "contains no PEM certificate"),
+            (key_only.as_str(), "contains no PEM certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+                "certificate 1 of 1 is not usable as a CA",
+            ),
+        ] {
+            let path = ca_file(&dir, content);
+            let e = TlsClient::for_output(&spec(Some(path.clone()), false))
+                .err()
+                .unwrap_or_else(|| panic!("{content:?} was accepted"));
+            let prefix = format!("[out] tls_ca_file = {}: ", path.display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert!(e.contains(why), "{content:?}: {e}");
+        }
+
+        // Even with verification off, a broken file is reported.
+        let path = ca_file(&dir, "hello\n");
+        assert!(TlsClient::for_output(&spec(Some(path), true)).is_err());
+        // A good one, and none at all, are fine.
+        let path = ca_file(&dir, &pki(&["x"]).ca_pem);
+        assert!(TlsClient::for_output(&spec(Some(path), false)).is_ok());
+        assert!(TlsClient::for_output(&spec(None, false)).is_ok());
+    }
+
+    #[test]
+    fn system_roots_are_loaded() {
+        assert!(!system_roots().is_empty());
+    }
+}
