@@ -56,6 +56,9 @@ pub struct SimServer {
     pub retry_after: Option<String>,
     /// Path of every request that reached the server while up.
     pub paths: Vec<String>,
+    /// Requests whose path starts with this prefix are refused during
+    /// this window (one of several servers down).
+    pub down_prefix: Option<(String, Instant, Instant)>,
 }
 
 impl SimServer {
@@ -73,6 +76,7 @@ impl SimServer {
             max_points: None,
             retry_after: None,
             paths: Vec::new(),
+            down_prefix: None,
         }
     }
 
@@ -82,7 +86,11 @@ impl SimServer {
 
     /// The answer to `req` sent at `t`, and when it arrives (None: never).
     fn answer(&mut self, req: &Request, t: Instant) -> Option<(Instant, Outcome)> {
-        if self.is_down(t) {
+        let prefix_down = self
+            .down_prefix
+            .as_ref()
+            .is_some_and(|(p, a, b)| req.path.starts_with(p.as_str()) && t >= *a && t < *b);
+        if self.is_down(t) || prefix_down {
             return match self.mode {
                 DownMode::Refuse => Some((
                     t,

@@ -352,3 +352,45 @@ fn a_limit_dropping_reserved_points_does_not_consume_newer_ones() {
     assert_eq!(st.consume_reserved(10).unwrap(), 0);
     assert_eq!(st.len(), 10, "newer points were consumed in their place");
 }
+
+#[test]
+fn failover_sends_each_batch_to_one_healthy_server_and_rests_failing_ones() {
+    // Server 0 is down from 10 s to 200 s; server 1 is always up. The
+    // simulated server stands for both; it is told apart by the path prefix.
+    let mut s = settings(10);
+    s.endpoints = vec![
+        crate::endpoint::Endpoint::parse("http://a:1/a").unwrap(),
+        crate::endpoint::Endpoint::parse("http://b:1/b").unwrap(),
+    ];
+    let mut server = SimServer::new();
+    server.down_prefix = Some(("/a".into(), secs(10.0), secs(200.0)));
+    let mut sim = sim(s, server);
+    for k in 0..30u64 {
+        sim.write(points(k * 10..k * 10 + 10, &[]));
+        let t = sim.now + secs(10.0);
+        sim.run_until(t);
+    }
+    sim.run_until(secs(400.0));
+    // Every point once (no batch went to both servers).
+    let got = received(&sim);
+    assert_eq!(distinct(&got).len(), 300);
+    assert_eq!(got.len(), 300, "a batch was sent twice");
+    let writes_a: Vec<&String> = sim
+        .server
+        .paths
+        .iter()
+        .filter(|p| p.starts_with("/a/write"))
+        .collect();
+    let writes_b: Vec<&String> = sim
+        .server
+        .paths
+        .iter()
+        .filter(|p| p.starts_with("/b/write"))
+        .collect();
+    assert!(!writes_a.is_empty() && !writes_b.is_empty());
+    assert!(sim
+        .messages()
+        .iter()
+        .any(|m| m.contains("Failing over from a:1 to b:1")));
+    assert_eq!(sim.policy.stats().pending, 0);
+}

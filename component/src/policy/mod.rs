@@ -105,6 +105,15 @@ enum Conn {
     },
 }
 
+/// One server's record, for failover across `urls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Health {
+    /// Failures since its last delivery; picks its next delay.
+    streak: u32,
+    /// Not tried again before this.
+    down_until: Instant,
+}
+
 /// Counters, as `stats` reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
@@ -154,6 +163,8 @@ pub struct Policy<B: Backlog> {
     server_delay: Option<u64>,
     /// Index of the server in use in `Settings::endpoints`.
     active: usize,
+    /// With several servers (`urls`): each one's own failures.
+    health: Vec<Health>,
     dead: VecDeque<DeadLetter>,
     /// Last successful connection check, for periodic reconnection.
     last_check: Instant,
@@ -194,6 +205,7 @@ impl<B: Backlog> Policy<B> {
             last_reject: String::new(),
             server_delay: None,
             active: 0,
+            health: Vec::new(),
             dead: VecDeque::new(),
             last_check: now,
             outage_logged: false,
@@ -203,6 +215,7 @@ impl<B: Backlog> Policy<B> {
             logs: VecDeque::new(),
             clock: (now, wall),
         };
+        p.health = vec![Health::default(); p.s.endpoints.len()];
         if !p.storage.is_empty() {
             p.log(
                 Level::Info,
@@ -899,6 +912,7 @@ impl<B: Backlog> Policy<B> {
         self.counters.rejected += bad_n;
         self.counters.delivered += present - bad_n;
         self.streak = 0;
+        self.health[self.active].streak = 0;
         self.auth_failing = false;
         self.created_on_404 = false;
         if !bad.is_empty() {
@@ -960,6 +974,9 @@ impl<B: Backlog> Policy<B> {
         while let Some(b) = self.ready.pop_front() {
             self.put(b);
         }
+        if self.s.endpoints.len() > 1 {
+            return self.fail_over(reason, now);
+        }
         let attempt = match self.conn {
             Conn::Connecting { attempt } if attempt > 0 => {
                 let max = self.s.reconnect_attempts;
@@ -1010,6 +1027,57 @@ impl<B: Backlog> Policy<B> {
             attempt,
             at: now + delay,
         };
+    }
+
+    /// Several servers: rest the failing one for its own backoff delay and
+    /// move to the next that is not resting, or wait for the first to rest
+    /// its time out.
+    fn fail_over(&mut self, reason: &str, now: Instant) {
+        let from = self.active;
+        let streak = self.health[from].streak + 1;
+        let delay = self.next_delay(streak);
+        self.health[from] = Health {
+            streak,
+            down_until: now + delay,
+        };
+        let addr = self.address();
+        self.log(
+            Level::Warn,
+            format!(
+                "InfluxDB at {addr} failed: {reason}; resting it for {} s",
+                fmt_secs(delay)
+            ),
+        );
+        let n = self.health.len();
+        let next = (1..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| self.health[i].down_until <= now);
+        if let Some(i) = next {
+            self.active = i;
+            self.conn = Conn::Connecting { attempt: 0 };
+            let to = self.address();
+            self.log(Level::Info, format!("Failing over from {addr} to {to}"));
+            return;
+        }
+        let (i, at) = self
+            .health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i, h.down_until))
+            .min_by_key(|&(_, t)| t)
+            .expect("at least one server");
+        self.active = i;
+        self.conn = Conn::BackingOff {
+            attempt: self.health[i].streak,
+            at,
+        };
+        if !self.outage_logged {
+            self.outage_logged = true;
+            self.log(
+                Level::Warn,
+                format!("All {n} InfluxDB servers failed; storing data in backlog"),
+            );
+        }
     }
 
     fn next_delay(&mut self, attempt: u32) -> u64 {
