@@ -68,6 +68,8 @@ fn pairs(port: u16) -> Vec<(String, String)> {
         ("port", port.to_string()),
         ("batch_size", BATCH_SIZE.to_string()),
         ("enable_persistent_storage", "false".to_string()),
+        // Figures comparable across versions; gzip has its own bench.
+        ("content_encoding", "identity".to_string()),
         // Points the sink cannot send at once wait in its in-memory backlog;
         // make room so none are dropped.
         ("max_backlog_size", "10000000".to_string()),

@@ -183,6 +183,7 @@ fn serve(conn: TcpStream, requests: &AtomicU64, lines: &AtomicU64) -> std::io::R
             .is_some_and(|p| p.starts_with("/write"));
         let mut content_length = 0u64;
         let mut chunked = false;
+        let mut gzip = false;
         let mut close = false;
         loop {
             line.clear();
@@ -199,11 +200,19 @@ fn serve(conn: TcpStream, requests: &AtomicU64, lines: &AtomicU64) -> std::io::R
                     "content-length" => content_length = v.parse().unwrap_or(0),
                     "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                     "connection" => close = v.eq_ignore_ascii_case("close"),
+                    "content-encoding" => gzip = v.eq_ignore_ascii_case("gzip"),
                     _ => {}
                 }
             }
         }
-        let newlines = if chunked {
+        let newlines = if gzip && !chunked {
+            // Counting lines means inflating, as a real server does.
+            let mut body = vec![0u8; content_length as usize];
+            rd.read_exact(&mut body)?;
+            let mut text = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut text)?;
+            text.iter().filter(|&&b| b == b'\n').count() as u64
+        } else if chunked {
             read_chunked(&mut rd, &mut line)?
         } else {
             count_newlines(&mut rd, content_length)?
