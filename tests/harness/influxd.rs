@@ -1,4 +1,6 @@
-//! A real InfluxDB 1.x server (`influxd`) on 127.0.0.1, in a temp dir.
+//! A real InfluxDB 1.x server (`influxd`) on 127.0.0.1, in a temp dir,
+//! optionally with https, authentication or a small max body size
+//! ([`InfluxdOptions`]).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::tls::{https_agent, TestCa};
 use crate::util::{
     body_text, describe_err, free_port, http_agent, read_lossy, signal, tail, wait_until,
 };
@@ -18,6 +21,49 @@ const INFLUXD: &str = "/usr/bin/influxd";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a SIGTERM'd server may take to exit before it is SIGKILLed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How [`Influxd::start_with`] configures the server. The default is what
+/// [`Influxd::start`] runs: plain http, no authentication, influxd's
+/// default max body size (25 MB).
+#[derive(Clone, Debug, Default)]
+pub struct InfluxdOptions {
+    /// Serve https only, with this `(certificate PEM, private key PEM)`
+    /// (`[http] https-enabled`). The files are copied into the server's
+    /// dir, so they may be temporary.
+    pub https: Option<(PathBuf, PathBuf)>,
+    /// The CA certificate (PEM) that issued the `https` certificate: the
+    /// harness's own requests (readiness, query, write_lines) verify the
+    /// server against it. Required with `https`.
+    pub https_ca: Option<PathBuf>,
+    /// `(admin user, password)`: `[http] auth-enabled = true`, and this
+    /// admin user is created (`WITH ALL PRIVILEGES`) once the server is up.
+    /// The harness's own requests then send these credentials.
+    pub auth: Option<(String, String)>,
+    /// `[http] max-body-size` in bytes: a bigger write gets HTTP 413.
+    pub max_body_size: Option<u64>,
+}
+
+impl InfluxdOptions {
+    /// https with a fresh server certificate from `ca` (for 127.0.0.1 and
+    /// localhost), trusted by the harness through `ca`.
+    pub fn with_https(mut self, ca: &TestCa) -> Self {
+        self.https = Some(ca.issue_server_cert());
+        self.https_ca = Some(ca.ca_path());
+        self
+    }
+
+    /// Authentication with this admin user.
+    pub fn with_auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// `[http] max-body-size = bytes`.
+    pub fn with_max_body_size(mut self, bytes: u64) -> Self {
+        self.max_body_size = Some(bytes);
+        self
+    }
+}
 
 /// A running (or stopped, or paused) `influxd`. Dropping it kills it and
 /// removes its data.
@@ -30,13 +76,25 @@ pub struct Influxd {
     child: Option<Child>,
     paused: bool,
     agent: ureq::Agent,
+    /// `(cert, key, ca)` copies in `dir` when serving https.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    auth: Option<(String, String)>,
+    /// Whether the admin user of `auth` exists (it survives restarts).
+    admin_created: bool,
+    max_body_size: Option<u64>,
 }
 
 impl Influxd {
     /// Write a config in a fresh temp dir, start `influxd -config FILE` and
     /// wait until `/ping` answers 204. Panics (with the server log) if it
-    /// does not come up.
+    /// does not come up. Same as `start_with(InfluxdOptions::default())`.
     pub fn start() -> Influxd {
+        Influxd::start_with(InfluxdOptions::default())
+    }
+
+    /// [`Influxd::start`] with https, authentication or a max body size.
+    /// With `auth`, the admin user is created before this returns.
+    pub fn start_with(opts: InfluxdOptions) -> Influxd {
         assert!(
             Path::new(INFLUXD).exists(),
             "{INFLUXD} not found: install InfluxDB 1.x with `apt-get install influxdb`"
@@ -47,6 +105,26 @@ impl Influxd {
             .expect("create temp dir for influxd");
         let log = dir.path().join("influxd.log");
         let config = dir.path().join("influxdb.conf");
+        let tls = opts.https.as_ref().map(|(cert, key)| {
+            let ca = opts.https_ca.as_ref().expect(
+                "InfluxdOptions: https needs https_ca (the CA that issued the certificate)",
+            );
+            let copy = |from: &Path, name: &str| {
+                let to = dir.path().join(name);
+                std::fs::copy(from, &to)
+                    .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+                to
+            };
+            (
+                copy(cert, "server-cert.pem"),
+                copy(key, "server-key.pem"),
+                copy(ca, "ca.pem"),
+            )
+        });
+        let agent = match &tls {
+            Some((_, _, ca)) => https_agent(ca, Duration::from_secs(30)),
+            None => http_agent(Duration::from_secs(30)),
+        };
         let mut server = Influxd {
             dir,
             http_port: 0,
@@ -55,7 +133,11 @@ impl Influxd {
             log,
             child: None,
             paused: false,
-            agent: http_agent(Duration::from_secs(30)),
+            agent,
+            tls,
+            auth: opts.auth,
+            admin_created: false,
+            max_body_size: opts.max_body_size,
         };
         // A just-freed port can be taken by someone else before influxd binds
         // it; then influxd exits at once and we try other ports.
@@ -82,6 +164,19 @@ impl Influxd {
 
     fn write_config(&self) {
         let d = self.dir.path();
+        let mut http_extra = String::new();
+        match &self.tls {
+            Some((cert, key, _)) => http_extra.push_str(&format!(
+                "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            )),
+            None => http_extra.push_str("  https-enabled = false\n"),
+        }
+        http_extra.push_str(&format!("  auth-enabled = {}\n", self.auth.is_some()));
+        if let Some(n) = self.max_body_size {
+            http_extra.push_str(&format!("  max-body-size = {n}\n"));
+        }
         let text = format!(
             r#"# written by the influx-sink test harness
 reporting-disabled = true
@@ -114,13 +209,11 @@ bind-address = "127.0.0.1:{rpc}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{http}"
-  auth-enabled = false
   log-enabled = false
   suppress-write-log = true
   pprof-enabled = false
-  https-enabled = false
   unix-socket-enabled = false
-
+{http_extra}
 [ifql]
   enabled = false
 
@@ -175,9 +268,10 @@ bind-address = "127.0.0.1:{rpc}"
         self.paused = false;
     }
 
-    /// Poll /ping until 204, the process exits, or the timeout passes.
+    /// Poll /ping until 204, the process exits, or the timeout passes;
+    /// then create the admin user if authentication is on.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let agent = http_agent(Duration::from_secs(2));
+        let agent = self.client(Duration::from_secs(2));
         let url = format!("{}/ping", self.url());
         let mut exited = None;
         let ready = wait_until(READY_TIMEOUT, || {
@@ -196,6 +290,30 @@ bind-address = "127.0.0.1:{rpc}"
         if !ready {
             return Err(format!("{url} did not answer 204 within {READY_TIMEOUT:?}"));
         }
+        if let (Some((user, password)), false) = (&self.auth, self.admin_created) {
+            // With auth on and no user yet, InfluxDB 1.x accepts exactly
+            // this statement without credentials.
+            let q = format!(
+                "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+                quote_ident(user),
+                password.replace('\\', "\\\\").replace('\'', "\\'")
+            );
+            let resp = self
+                .agent
+                .post(&format!("{}/query", self.url()))
+                .query("q", &q)
+                .send_string("");
+            let body = match resp {
+                Ok(r) => body_text(r),
+                Err(e) => return Err(format!("create admin user {user:?}: {}", describe_err(e))),
+            };
+            let v: Value = serde_json::from_str(&body)
+                .map_err(|e| format!("create admin user {user:?}: bad JSON ({e}): {body}"))?;
+            if let Some(err) = statement_error(&v) {
+                return Err(format!("create admin user {user:?}: {err}"));
+            }
+            self.admin_created = true;
+        }
         Ok(())
     }
 
@@ -204,9 +322,59 @@ bind-address = "127.0.0.1:{rpc}"
         self.http_port
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://...` when serving https.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.http_port)
+    }
+
+    /// `"https"` when serving https, else `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Whether it serves https (only).
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The CA certificate (PEM) that verifies the server, when https.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, _, ca)| ca.as_path())
+    }
+
+    /// The admin `(user, password)` when authentication is on.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// `Basic <base64(user:password)>` for an `Authorization` header, when
+    /// authentication is on.
+    pub fn auth_header(&self) -> Option<String> {
+        self.auth
+            .as_ref()
+            .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())))
+    }
+
+    /// A ureq agent for this server: like [`crate::http_agent`], and when
+    /// https, verifying the server against its CA only. (Credentials are
+    /// not added: see [`Influxd::auth_header`].)
+    pub fn client(&self, timeout: Duration) -> ureq::Agent {
+        match &self.tls {
+            Some((_, _, ca)) => https_agent(ca, timeout),
+            None => http_agent(timeout),
+        }
+    }
+
+    /// `req` with the admin credentials when authentication is on.
+    fn authed(&self, req: ureq::Request) -> ureq::Request {
+        match self.auth_header() {
+            Some(h) => req.set("Authorization", &h),
+            None => req,
+        }
     }
 
     /// The server's temp dir (config, data, log).
@@ -323,11 +491,11 @@ bind-address = "127.0.0.1:{rpc}"
         let url = format!("{}/query", self.url());
         let head = q.trim_start().to_ascii_uppercase();
         let read_only = head.starts_with("SELECT") || head.starts_with("SHOW");
-        let mut req = if read_only {
+        let mut req = self.authed(if read_only {
             self.agent.get(&url)
         } else {
             self.agent.post(&url)
-        };
+        });
         if !db.is_empty() {
             req = req.query("db", db);
         }
@@ -361,7 +529,11 @@ bind-address = "127.0.0.1:{rpc}"
     pub fn write_lines(&self, db: &str, body: &str) {
         self.check_up("write_lines");
         let url = format!("{}/write", self.url());
-        match self.agent.post(&url).query("db", db).send_string(body) {
+        match self
+            .authed(self.agent.post(&url))
+            .query("db", db)
+            .send_string(body)
+        {
             Ok(r) if r.status() == 204 => {}
             Ok(r) => panic!(
                 "influxd write to {db}: HTTP {} {}",
@@ -449,6 +621,28 @@ fn statement_error(v: &Value) -> Option<String> {
         return Some(e.to_string());
     }
     v["results"][0]["error"].as_str().map(str::to_string)
+}
+
+/// Standard base64 with padding (RFC 4648), for Basic credentials.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Double-quote an InfluxQL identifier.

@@ -5,9 +5,15 @@
 //!
 //! * [`Influxd`]: an InfluxDB 1.x server (`/usr/bin/influxd`, Debian
 //!   package `influxdb`), with stop / restart on the same port and data,
-//!   SIGSTOP / SIGCONT, and count queries.
+//!   SIGSTOP / SIGCONT, and count queries; optionally with https,
+//!   authentication or a small max body size ([`InfluxdOptions`]).
 //! * [`VictoriaMetrics`]: a VictoriaMetrics single node
 //!   (`/usr/bin/victoria-metrics`, Debian package `victoria-metrics`).
+//! * [`FaultProxy`]: an HTTP/1.1 proxy in front of one of those servers
+//!   that forwards, or injects faults from a script ([`Match`], [`Fault`])
+//!   and records every request ([`Seen`]).
+//! * [`TestCa`]: a CA made at test time that issues server certificates
+//!   for 127.0.0.1 / localhost; [`https_agent`] trusts only such a CA.
 //! * [`Sink`]: one run of the `influx-sink` binary (built by
 //!   `cargo build --release -p influx-sink-host` plus the component for
 //!   `wasm32-wasip2`), with its stderr captured to a file that tests search.
@@ -23,13 +29,17 @@ pub mod chaos;
 pub mod cli;
 mod config;
 mod influxd;
+mod proxy;
 mod sink;
+mod tls;
 mod util;
 mod victoria;
 
 pub use config::{generator_section, now_ns, output_section, point_line, points};
-pub use influxd::Influxd;
+pub use influxd::{Influxd, InfluxdOptions};
+pub use proxy::{Fault, FaultProxy, Match, Seen};
 pub use sink::{component_path, sink_binary, target_dir, Sink, Stdin, Summary};
+pub use tls::{client_config, https_agent, TestCa, SERVER_NAMES};
 pub use util::{
     dir_size, free_port, http_agent, tail, wait_stable, wait_until, write_config, Deadline,
 };
