@@ -138,6 +138,12 @@ fn every_failure_class_keeps_every_point() {
             0,
             "{db}: the scripted faults were not all met"
         );
+        // Nothing refused for good, nothing left behind.
+        assert!(
+            !dir.path().join("backlog/faulty/rejected.lp").exists(),
+            "{db}: a valid point was dead-lettered"
+        );
+        assert_eq!(s.backlogged, 0, "{db}: points left in the backlog");
         if db == "unauthorized" {
             assert_eq!(
                 stderr.matches("Authentication failed").count(),
