@@ -402,6 +402,12 @@ fn describe_error(code: &wasi::http::types::ErrorCode) -> String {
         E::HttpRequestDenied => {
             "request denied by the host (address not allowed for this sink)".into()
         }
+        E::HttpProtocolError => "connection reset or broken HTTP exchange".into(),
+        E::TlsCertificateError => "TLS certificate not trusted (see the host's log)".into(),
+        E::TlsAlertReceived(_) => "the server ended the TLS handshake with an alert".into(),
+        E::TlsProtocolError => "TLS handshake failed".into(),
+        E::HttpResponseIncomplete => "the answer was cut off".into(),
+        E::HttpResponseTimeout => "the answer timed out".into(),
         other => format!("{other:?}"),
     }
 }
