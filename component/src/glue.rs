@@ -51,6 +51,8 @@ struct Driver {
     exchange: Option<Exchange>,
     /// Where refused lines go (none without persistent storage).
     dead: Option<DeadLetterFile>,
+    /// Builds the state went through before this one (snapshots).
+    lineage: Vec<String>,
 }
 
 fn now() -> u64 {
@@ -117,6 +119,7 @@ impl Driver {
             policy,
             exchange: None,
             dead,
+            lineage: Vec::new(),
         })
     }
 
@@ -440,15 +443,15 @@ impl GuestSink for Sink {
     }
 
     fn version() -> String {
-        env!("CARGO_PKG_VERSION").to_string()
+        snapshot::BUILD_VERSION.to_string()
     }
 
     fn restore(bytes: Vec<u8>) -> Result<wit::Sink, String> {
         let state = snapshot::decode(&bytes)?;
         let mut driver = Driver::new(state.settings)?;
-        driver
-            .policy
-            .adopt(state.counters, state.points, now(), wall());
+        driver.policy.resume(state.carried, now(), wall());
+        driver.lineage = state.lineage;
+        driver.drain_outputs();
         Ok(wit::Sink::new(Sink {
             inner: RefCell::new(driver),
         }))
@@ -540,11 +543,12 @@ impl GuestSink for Sink {
 
     fn snapshot(&self) -> Vec<u8> {
         let d = self.inner.borrow();
-        let (counters, points) = d.policy.memory_state();
+        let mut lineage = d.lineage.clone();
+        lineage.push(snapshot::BUILD_VERSION.to_string());
         snapshot::encode(&snapshot::State {
             settings: d.policy.settings().clone(),
-            counters,
-            points,
+            carried: d.policy.carry(now()),
+            lineage,
         })
     }
 }

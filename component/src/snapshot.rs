@@ -1,65 +1,161 @@
 //! The live state handed from one component instance (or version) to the
 //! next: versioned postcard bytes.
+//!
+//! Layout: `version: u16 LE`, `min_reader: u16 LE`, then the version-1
+//! base (postcard), then each later version's extension (postcard), in
+//! order. A version that only *adds* what older builds may ignore keeps
+//! `min_reader` where it was, so a swap back to an older build works; one
+//! that changes meaning raises it, and older builds refuse the state
+//! rather than misread it (the scheme of SQLite's read/write versions and
+//! ext4's incompatible features).
+//!
+//! The `next` feature builds the live-upgrade test's "version 2": another
+//! version string and state version 2, which adds `lineage` (the builds the
+//! state went through).
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::point::Point;
-use crate::policy::Counters;
+use crate::policy::Carried;
 
-/// Bumped whenever the layout below changes; a newer state than this build
-/// understands is refused, never misread.
+#[cfg(not(feature = "next"))]
 pub const STATE_VERSION: u16 = 1;
+#[cfg(feature = "next")]
+pub const STATE_VERSION: u16 = 2;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The oldest build (by state version) that may read what this one writes.
+const MIN_READER: u16 = 1;
+
+/// This build's version string.
+#[cfg(not(feature = "next"))]
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "next")]
+pub const BUILD_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-next");
+
+/// What a snapshot holds, in memory.
+#[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub settings: Settings,
-    pub counters: Counters,
-    /// Accepted points not yet in the backlog, oldest first.
-    pub points: Vec<Point>,
+    pub carried: Carried,
+    /// Builds this state went through, oldest first (state version 2; empty
+    /// when the writer or the reader is version 1).
+    pub lineage: Vec<String>,
+}
+
+/// State version 1 on the wire.
+#[derive(Serialize, Deserialize)]
+struct Base {
+    settings: Settings,
+    carried: Carried,
+}
+
+/// What state version 2 adds.
+#[cfg(feature = "next")]
+#[derive(Serialize, Deserialize)]
+struct Ext2 {
+    lineage: Vec<String>,
 }
 
 pub fn encode(state: &State) -> Vec<u8> {
     let mut out = STATE_VERSION.to_le_bytes().to_vec();
-    out.extend(postcard::to_allocvec(state).expect("state encodes"));
+    out.extend(MIN_READER.to_le_bytes());
+    let base = Base {
+        settings: state.settings.clone(),
+        carried: state.carried.clone(),
+    };
+    out.extend(postcard::to_allocvec(&base).expect("state encodes"));
+    #[cfg(feature = "next")]
+    out.extend(
+        postcard::to_allocvec(&Ext2 {
+            lineage: state.lineage.clone(),
+        })
+        .expect("state encodes"),
+    );
     out
 }
 
 pub fn decode(bytes: &[u8]) -> Result<State, String> {
-    let (head, body) = bytes
-        .split_at_checked(2)
-        .ok_or("snapshot is empty or truncated")?;
-    let version = u16::from_le_bytes([head[0], head[1]]);
-    if version != STATE_VERSION {
-        return Err(format!("snapshot state version {version} is not supported by this build (it reads version {STATE_VERSION})"));
+    if bytes.len() < 4 {
+        return Err("snapshot is empty or truncated".into());
     }
-    postcard::from_bytes(body).map_err(|e| format!("snapshot is damaged: {e}"))
+    let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let min_reader = u16::from_le_bytes([bytes[2], bytes[3]]);
+    if min_reader > STATE_VERSION || version == 0 {
+        return Err(format!(
+            "snapshot state version {version} needs a build that reads state version {min_reader}; \
+             this build ({BUILD_VERSION}) reads up to {STATE_VERSION}: refused"
+        ));
+    }
+    let damaged =
+        |e: postcard::Error| format!("snapshot (state version {version}) is damaged: {e}");
+    let (base, rest): (Base, &[u8]) = postcard::take_from_bytes(&bytes[4..]).map_err(damaged)?;
+    #[allow(unused_mut)]
+    let mut state = State {
+        settings: base.settings,
+        carried: base.carried,
+        lineage: Vec::new(),
+    };
+    #[cfg(feature = "next")]
+    if version >= 2 {
+        let (ext, _): (Ext2, &[u8]) = postcard::take_from_bytes(rest).map_err(damaged)?;
+        state.lineage = ext.lineage;
+    }
+    // Extensions of versions this build does not know are skipped: their
+    // writer said (by `min_reader`) that they may be.
+    let _ = rest;
+    Ok(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backlog::memory::MemoryBacklog;
+    use crate::point::Point;
+    use crate::policy::Policy;
 
-    #[test]
-    fn round_trip_and_version_check() {
-        let s = State {
-            settings: Settings::defaults("o"),
-            counters: Counters {
-                accepted: 3,
-                ..Default::default()
-            },
-            points: vec![Point {
+    fn state() -> State {
+        let mut p = Policy::new(Settings::defaults("o"), MemoryBacklog::new(), 0, 0);
+        p.write(
+            vec![Point {
                 line: "m f=1".into(),
                 series_len: 1,
                 timestamp: 5,
             }],
-        };
+            0,
+            0,
+        );
+        State {
+            settings: Settings::defaults("o"),
+            carried: p.carry(0),
+            lineage: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let s = state();
         let bytes = encode(&s);
         assert_eq!(decode(&bytes).unwrap(), s);
+        assert_eq!(decode(&bytes).unwrap().carried.points.len(), 1);
+        // A state that only builds reading version 9 may read: refused.
         let mut newer = bytes.clone();
-        newer[0] = 2;
-        assert!(decode(&newer).unwrap_err().contains("version 2"));
-        assert!(decode(&bytes[..1]).is_err());
+        newer[0] = 9;
+        newer[2] = 9;
+        assert!(decode(&newer).unwrap_err().contains("refused"));
+        // A newer version that older builds may read: read, extension skipped.
+        let mut compatible = bytes.clone();
+        compatible[0] = 9;
+        compatible.extend([3, 1, 2, 3]);
+        assert_eq!(decode(&compatible).unwrap().carried, s.carried);
+        assert!(decode(&bytes[..3]).is_err());
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[cfg(feature = "next")]
+    #[test]
+    fn next_keeps_its_extra_field() {
+        let mut s = state();
+        s.lineage = vec!["0.1.0".into()];
+        assert_eq!(decode(&encode(&s)).unwrap().lineage, s.lineage);
     }
 }

@@ -105,6 +105,30 @@ enum Conn {
     },
 }
 
+/// What `Policy::carry` hands to a successor instance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    pub counters: Counters,
+    /// Accepted points not in the backlog, oldest first.
+    pub points: Vec<Point>,
+    pub conn: CarriedConn,
+    pub streak: u32,
+    pub active: u32,
+    /// Per server: failure streak, ns it still rests.
+    pub health: Vec<(u32, u64)>,
+    pub since_check_ns: u64,
+    pub batch_age_ns: Option<u64>,
+    pub outage_logged: bool,
+    pub auth_failing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CarriedConn {
+    Connected,
+    Connecting { attempt: u32 },
+    BackingOff { attempt: u32, in_ns: u64 },
+}
+
 /// One server's record, for failover across `urls`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Health {
@@ -292,6 +316,78 @@ impl<B: Backlog> Policy<B> {
     pub fn adopt(&mut self, counters: Counters, points: Vec<Point>, now: Instant, wall: i64) {
         self.write(points, now, wall);
         self.counters = counters;
+    }
+
+    /// Everything a successor instance (maybe another version) needs to
+    /// carry on where this one stops: counters, points only in memory,
+    /// connection and backoff state. Times are kept as durations from
+    /// `now`, so the successor's clock origin does not matter.
+    pub fn carry(&self, now: Instant) -> Carried {
+        let (counters, points) = self.memory_state();
+        let left = |t: Instant| t.saturating_sub(now);
+        Carried {
+            counters,
+            points,
+            conn: match self.conn {
+                Conn::Connected => CarriedConn::Connected,
+                Conn::Connecting { attempt } => CarriedConn::Connecting { attempt },
+                Conn::BackingOff { attempt, at } => CarriedConn::BackingOff {
+                    attempt,
+                    in_ns: left(at),
+                },
+            },
+            streak: self.streak,
+            active: self.active as u32,
+            health: self
+                .health
+                .iter()
+                .map(|h| (h.streak, left(h.down_until)))
+                .collect(),
+            since_check_ns: now.saturating_sub(self.last_check),
+            batch_age_ns: self.batch_started.map(|t| now.saturating_sub(t)),
+            outage_logged: self.outage_logged,
+            auth_failing: self.auth_failing,
+        }
+    }
+
+    /// Continue from a predecessor's `carry` (on a fresh policy over the
+    /// same backlog).
+    pub fn resume(&mut self, c: Carried, now: Instant, wall: i64) {
+        // The backlog was opened by the predecessor first: not news.
+        self.logs.clear();
+        let n = c.points.len();
+        self.conn = match c.conn {
+            CarriedConn::Connected => Conn::Connected,
+            CarriedConn::Connecting { attempt } => Conn::Connecting { attempt },
+            CarriedConn::BackingOff { attempt, in_ns } => Conn::BackingOff {
+                attempt,
+                at: now + in_ns,
+            },
+        };
+        self.adopt(c.counters, c.points, now, wall);
+        if let Some(age) = c.batch_age_ns.filter(|_| !self.batch.is_empty()) {
+            self.batch_started = Some(now.saturating_sub(age));
+        }
+        self.streak = c.streak;
+        if c.health.len() == self.health.len() {
+            self.active = c.active as usize;
+            for (h, (streak, in_ns)) in self.health.iter_mut().zip(c.health) {
+                *h = Health {
+                    streak,
+                    down_until: now + in_ns,
+                };
+            }
+        }
+        self.last_check = now.saturating_sub(c.since_check_ns);
+        self.outage_logged = c.outage_logged;
+        self.auth_failing = c.auth_failing;
+        self.log(
+            Level::Info,
+            format!(
+                "Resumed from a snapshot: {n} points from memory, {} in the backlog",
+                self.storage.len()
+            ),
+        );
     }
 
     pub fn stats(&self) -> Stats {

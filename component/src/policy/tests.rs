@@ -557,3 +557,33 @@ fn batch_sync_makes_every_stored_batch_durable_at_once() {
         "the two full batches must survive a crash"
     );
 }
+
+#[test]
+fn a_successor_carries_on_the_backoff_schedule_and_the_points() {
+    let mut s = Settings::defaults("o");
+    s.batch_size = 10;
+    let mut sim = sim(s.clone(), server_down(0.0, 30.0, DownMode::Refuse));
+    sim.write(points(0..25));
+    sim.run_until(secs(7.0));
+    // Swap: the old instance's carry, a new policy over the same backlog.
+    let carried = sim.policy.carry(sim.now);
+    assert_eq!(carried.points.len(), 5, "the batch being filled");
+    let (now, wall) = (sim.now, sim.wall());
+    let old = std::mem::replace(
+        &mut sim.policy,
+        crate::policy::Policy::new(s.clone(), MemoryBacklog::new(), now, wall),
+    );
+    let mut next = crate::policy::Policy::new(s, old.into_backlog(), now, wall);
+    next.resume(carried, now, wall);
+    sim.policy = next;
+    sim.write(points(25..28)); // a partial batch, in memory
+    sim.run_until(secs(120.0));
+    // The schedule goes on as if nothing happened: 5 s, 15 s, 35 s.
+    assert_eq!(
+        attempt_times(&sim),
+        vec![(5.0, false), (15.0, false), (35.0, true)]
+    );
+    assert_eq!(sim.server.received.len(), 28);
+    let c = sim.policy.counters();
+    assert_eq!((c.accepted, c.delivered), (28, 28));
+}
