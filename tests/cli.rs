@@ -80,6 +80,18 @@ fn validate_minimal_section_prints_every_key_with_gateway_defaults() {
         ("reconnect_jitter", Want::Num(0.0)),
         ("backlog_sync", Want::Text("batch")),
         ("max_backlog_bytes", Want::Num(1073741824.0)),
+        ("api", Want::Text("v1")),
+        ("urls", Want::Text("http://localhost:8086")),
+        ("org", Want::Text("")),
+        ("bucket", Want::Text("")),
+        ("token", Want::Text("")),
+        ("retention_policy", Want::Text("")),
+        ("precision", Want::Text("ns")),
+        ("content_encoding", Want::Text("gzip")),
+        ("auto_create_database", Want::Bool(true)),
+        ("tls_ca_file", Want::Text("")),
+        ("tls_insecure_skip_verify", Want::Bool(false)),
+        ("max_rejected_bytes", Want::Num(10485760.0)),
     ]
     .into_iter()
     .collect();

@@ -8,6 +8,12 @@ use influx_sink_component::config::Settings;
 use influx_sink_component::ini;
 
 use crate::generator::GeneratorSpec;
+use crate::sandbox::{Limits, MAX_CALL_MS_RANGE, MAX_MEMORY_MB_RANGE};
+
+/// The host's own keys of an output section. They set up the sandbox the
+/// section's instance runs in, so the host reads them and they are not
+/// passed to the component.
+pub const HOST_KEYS: [&str; 3] = ["max_memory_mb", "max_call_ms", "component"];
 
 /// One output section, checked, with where its backlog lives on the host.
 #[derive(Debug, Clone)]
@@ -24,6 +30,19 @@ pub struct OutputSpec {
     pub tls_ca_path: Option<PathBuf>,
 }
 
+/// The host keys of one output section: its instance's limits and which
+/// component it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// `max_memory_mb` (1..=4096, default 64) and `max_call_ms`
+    /// (10..=600000, default 1000).
+    pub limits: Limits,
+    /// `component`: this output's component file, a relative path resolved
+    /// against the config file's directory; `None`: the `--component` of
+    /// the command line.
+    pub component: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub enum SourceSpec {
     Stdin,
@@ -33,6 +52,10 @@ pub enum SourceSpec {
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
     pub outputs: Vec<OutputSpec>,
+    /// The host keys of each output: `sandboxes[i]` belongs to `outputs[i]`.
+    /// (Kept beside `OutputSpec` rather than in it so code that builds an
+    /// `OutputSpec` by hand, the benches, keeps compiling.)
+    pub sandboxes: Vec<SandboxSpec>,
     pub source: SourceSpec,
     pub warnings: Vec<String>,
 }
@@ -65,6 +88,7 @@ pub fn load(path: &Path) -> Result<PipelineSpec, ConfigFileError> {
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, ConfigFileError> {
     let sections = ini::parse(text).map_err(|e| ConfigFileError(format!("{file}: {e}")))?;
     let mut outputs = Vec::new();
+    let mut sandboxes = Vec::new();
     let mut source = SourceSpec::Stdin;
     let mut warnings = Vec::new();
     for section in &sections {
@@ -77,7 +101,10 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
         };
         match transport {
             Some("influxdb_out") => {
+                let sandbox = sandbox_keys(section, file, base)?;
                 let mut pairs = section.pairs();
+                // The host's keys are not the component's business.
+                pairs.retain(|(k, _)| !HOST_KEYS.contains(&k.as_str()));
                 let (settings, w) = Settings::from_pairs(&section.name, &pairs)
                     .map_err(|e| ConfigFileError(format!("{file}{}: {e}", at_key(&e.key))))?;
                 warnings.extend(w.iter().map(|key| {
@@ -104,6 +131,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
                     backlog_dir,
                     tls_ca_path,
                 });
+                sandboxes.push(sandbox);
             }
             Some("generator") => {
                 if matches!(source, SourceSpec::Generator(_)) {
@@ -145,9 +173,70 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
     }
     Ok(PipelineSpec {
         outputs,
+        sandboxes,
         source,
         warnings,
     })
+}
+
+/// Read the host keys of an output section; errors name the file, line,
+/// section, key, value and what is expected.
+fn sandbox_keys(
+    section: &ini::Section,
+    file: &str,
+    base: &Path,
+) -> Result<SandboxSpec, ConfigFileError> {
+    let bad = |entry: &ini::Entry, expected: &str| {
+        ConfigFileError(format!(
+            "{file} (line {}): [{}] {} = `{}`: expected {expected}",
+            entry.line, section.name, entry.key, entry.value
+        ))
+    };
+    let mut spec = SandboxSpec::default();
+    if let Some(e) = section.get("max_memory_mb") {
+        spec.limits.max_memory_mb = e
+            .value
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| MAX_MEMORY_MB_RANGE.contains(v))
+            .ok_or_else(|| {
+                bad(
+                    e,
+                    &format!(
+                        "a whole number of MiB from {} to {}",
+                        MAX_MEMORY_MB_RANGE.start(),
+                        MAX_MEMORY_MB_RANGE.end()
+                    ),
+                )
+            })?;
+    }
+    if let Some(e) = section.get("max_call_ms") {
+        spec.limits.max_call_ms = e
+            .value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|v| MAX_CALL_MS_RANGE.contains(v))
+            .ok_or_else(|| {
+                bad(
+                    e,
+                    &format!(
+                        "a whole number of milliseconds from {} to {}",
+                        MAX_CALL_MS_RANGE.start(),
+                        MAX_CALL_MS_RANGE.end()
+                    ),
+                )
+            })?;
+    }
+    if let Some(e) = section.get("component") {
+        let path = e.value.trim();
+        if path.is_empty() {
+            return Err(bad(e, "the path of a component file (.wasm)"));
+        }
+        spec.component = Some(base.join(path));
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -212,5 +301,86 @@ mod tests {
         .unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[1].contains("foo"));
+    }
+
+    #[test]
+    fn host_keys_are_read_and_not_passed_to_the_component() {
+        let text = "[a]\ntransport = influxdb_out\nmax_memory_mb = 16\nmax_call_ms = 250\n\
+                    component = hostile/spin.wasm\nbatch_size = 5\n\
+                    [b]\ntransport = influxdb_out\ncomponent = /opt/sink.wasm\n\
+                    [c]\ntransport = influxdb_out\n";
+        let p = parse(text, "f", Path::new("/etc/gw")).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(p.sandboxes.len(), 3);
+        assert_eq!(
+            p.sandboxes[0],
+            SandboxSpec {
+                limits: Limits {
+                    max_memory_mb: 16,
+                    max_call_ms: 250
+                },
+                component: Some(PathBuf::from("/etc/gw/hostile/spin.wasm")),
+            }
+        );
+        assert_eq!(
+            p.outputs[0].pairs,
+            [
+                ("transport".to_string(), "influxdb_out".to_string()),
+                ("batch_size".to_string(), "5".to_string())
+            ]
+        );
+        assert_eq!(
+            p.sandboxes[1].component,
+            Some(PathBuf::from("/opt/sink.wasm"))
+        );
+        assert_eq!(p.sandboxes[1].limits, Limits::default());
+        assert_eq!(p.sandboxes[2], SandboxSpec::default());
+        assert_eq!(
+            (
+                Limits::default().max_memory_mb,
+                Limits::default().max_call_ms
+            ),
+            (64, 1000)
+        );
+    }
+
+    #[test]
+    fn host_key_ranges_are_checked_with_file_line_section_key_value() {
+        let cases = [
+            ("max_memory_mb", "0", "from 1 to 4096"),
+            ("max_memory_mb", "4097", "from 1 to 4096"),
+            ("max_memory_mb", "1.5", "whole number of MiB"),
+            ("max_memory_mb", "lots", "whole number of MiB"),
+            ("max_call_ms", "9", "from 10 to 600000"),
+            ("max_call_ms", "600001", "from 10 to 600000"),
+            ("max_call_ms", "-1", "milliseconds"),
+            ("component", "", "path of a component file"),
+        ];
+        for (key, value, expected) in cases {
+            let text = format!("[out]\ntransport = influxdb_out\n\n{key} = {value}\n");
+            let e = parse(&text, "gw.ini", Path::new("/etc"))
+                .unwrap_err()
+                .to_string();
+            for part in [
+                "gw.ini",
+                "line 4",
+                "[out]",
+                key,
+                &format!("`{value}`"),
+                "expected",
+                expected,
+            ] {
+                assert!(e.contains(part), "{part} missing in: {e}");
+            }
+        }
+        for (key, value) in [
+            ("max_memory_mb", "1"),
+            ("max_memory_mb", "4096"),
+            ("max_call_ms", "10"),
+            ("max_call_ms", "600000"),
+        ] {
+            let text = format!("[out]\ntransport = influxdb_out\n{key} = {value}\n");
+            assert!(parse(&text, "f", Path::new(".")).is_ok(), "{key} = {value}");
+        }
     }
 }

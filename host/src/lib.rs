@@ -9,5 +9,6 @@ pub mod generator;
 pub mod log;
 pub mod pipeline;
 pub mod runtime;
+pub mod sandbox;
 pub mod simulate;
 pub mod tls;

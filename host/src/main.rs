@@ -121,12 +121,22 @@ fn cmd_validate(raw: &[String]) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    for o in &spec.outputs {
+    for (o, sandbox) in spec.outputs.iter().zip(&spec.sandboxes) {
         println!("[{}]", o.settings.name);
         for (k, v) in o.settings.describe() {
             println!("{k} = {v}");
         }
         println!("# backlog directory: {}", o.backlog_dir.display());
+        // Host keys, as comments: the settings above are the component's.
+        println!(
+            "# sandbox: max_memory_mb = {}, max_call_ms = {}, component = {}",
+            sandbox.limits.max_memory_mb,
+            sandbox.limits.max_call_ms,
+            sandbox
+                .component
+                .as_ref()
+                .map_or("(--component)".to_string(), |p| p.display().to_string())
+        );
         println!();
     }
     match &spec.source {
@@ -234,7 +244,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
-        let runtime = match Runtime::load(&component) {
+        let runtimes = match Runtime::load_each(&spec, &component) {
             Ok(r) => r,
             Err(e) => {
                 log::error("host", &format!("{e:#}"));
@@ -255,7 +265,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
             // keep the sender alive so receivers see one change only
             std::future::pending::<()>().await;
         });
-        match pipeline::run(runtime, spec, RunOptions { drain_timeout: drain }, stop_rx).await {
+        match pipeline::run(runtimes, spec, RunOptions { drain_timeout: drain }, stop_rx).await {
             Ok((summary, failed)) => {
                 eprintln!("{}", summary.line());
                 if failed {

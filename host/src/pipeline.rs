@@ -2,6 +2,13 @@
 //! queues (see `fanout`). Sink calls never block (the component does HTTP
 //! without blocking), so a dead server never stalls the source or other
 //! sinks.
+//!
+//! Each sink task also supervises its instance: a call that traps, runs
+//! past its deadline or hits the memory cap tears the instance down; the
+//! task logs why, waits (1 s doubling to 60 s), and instantiates the
+//! component again, which reopens the backlog from disk. Meanwhile its
+//! input stays in its queue (backpressure, or the live source's counted
+//! drops, as for a slow sink), and the source and the other sinks go on.
 
 use std::time::Duration;
 
@@ -10,13 +17,16 @@ use tokio::io::AsyncReadExt;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use wasmtime::error::Context;
 use wasmtime::Result;
 
+use crate::bindings::Stats;
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::fanout::{Chunk, Fanout, Inlet};
 use crate::generator::{Generator, GeneratorSpec};
 use crate::log;
 use crate::runtime::{Runtime, SinkInstance};
+use crate::sandbox::{Backoff, Fault, Limits};
 
 /// Chunks in flight between the source and each sink.
 const QUEUE_CHUNKS: usize = 16;
@@ -56,10 +66,12 @@ pub struct RunOptions {
 }
 
 /// Run the pipeline until the input ends (then drain) or `stop` fires
-/// (then shut down at once). Returns the summed counters and whether any
-/// sink failed.
+/// (then shut down at once). `runtimes[i]` is the component of
+/// `spec.outputs[i]` (see `Runtime::load_each`). Returns the summed
+/// counters and whether any sink failed (its component crashed, or it
+/// could not be shut down cleanly).
 pub async fn run(
-    runtime: Runtime,
+    runtimes: Vec<Runtime>,
     spec: PipelineSpec,
     opts: RunOptions,
     stop: watch::Receiver<bool>,
@@ -67,21 +79,26 @@ pub async fn run(
     // Instantiate every sink before reading any input: a bad config or a
     // component that refuses its settings starts nothing.
     let mut sinks = Vec::new();
-    for output in &spec.outputs {
-        sinks.push((output.clone(), runtime.instantiate(output).await?));
+    for ((output, sandbox), runtime) in spec.outputs.iter().zip(&spec.sandboxes).zip(runtimes) {
+        let instance = runtime
+            .instantiate_sandboxed(output, &sandbox.limits)
+            .await
+            .with_context(|| format!("sink [{}] could not be started", output.settings.name))?;
+        let ctx = SinkCtx {
+            name: output.settings.name.clone(),
+            output: output.clone(),
+            limits: sandbox.limits,
+            runtime,
+            drain_timeout: opts.drain_timeout,
+        };
+        sinks.push((ctx, instance));
     }
     let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
     let mut fanout = Fanout::new(live);
     let mut tasks = Vec::new();
-    for (output, instance) in sinks {
-        let inlet = fanout.add(&output.settings.name, QUEUE_CHUNKS);
-        tasks.push(tokio::spawn(sink_task(
-            output,
-            instance,
-            inlet,
-            opts.drain_timeout,
-            stop.clone(),
-        )));
+    for (ctx, instance) in sinks {
+        let inlet = fanout.add(&ctx.name, QUEUE_CHUNKS);
+        tasks.push(tokio::spawn(sink_task(ctx, instance, inlet, stop.clone())));
     }
     let source = match spec.source {
         SourceSpec::Stdin => tokio::spawn(read_stdin(fanout, stop.clone())),
@@ -174,88 +191,423 @@ async fn generate(spec: GeneratorSpec, mut fanout: Fanout, mut stop: watch::Rece
 
 type SinkResult = std::result::Result<Summary, (Summary, wasmtime::Error)>;
 
-async fn sink_task(
+/// What a sink task needs to run, and to rebuild, its instance.
+struct SinkCtx {
+    name: String,
     output: OutputSpec,
-    mut sink: SinkInstance,
-    inlet: Inlet,
+    limits: Limits,
+    runtime: Runtime,
     drain_timeout: Duration,
-    stop: watch::Receiver<bool>,
-) -> SinkResult {
-    let name = output.settings.name.clone();
-    let missed = inlet.missed.clone();
-    let outcome = drive(&name, &mut sink, inlet.rx, drain_timeout, stop).await;
-    // Whatever happened, undelivered points go to the backlog.
-    let closing = async {
-        sink.shutdown().await?;
-        let st = sink.stats().await?;
-        sink.close().await?;
-        Ok::<_, wasmtime::Error>(st)
+}
+
+/// A sink's input, which outlives its instances.
+struct Feed {
+    rx: mpsc::Receiver<Chunk>,
+    /// The chunk an instance crashed on, written again to the next one.
+    retry: Option<Chunk>,
+    /// The source has ended and the queue was read to its end.
+    input_done: bool,
+    /// When draining gives up: `drain_timeout` after the input ended.
+    drain_deadline: Option<Instant>,
+    rejections_logged: u64,
+}
+
+/// How an instance crashed, and the chunk it was writing if any (with
+/// whether that chunk had already crashed an instance before).
+struct Crash {
+    fault: Fault,
+    chunk: Option<(Chunk, bool)>,
+}
+
+/// What the live instance last told, for the accounting of a crash.
+#[derive(Default)]
+struct Seen {
+    stats: Option<Stats>,
+    /// Points it accepted since those stats.
+    accepted_since: u64,
+}
+
+/// Counters carried over the instances of one sink.
+#[derive(Default)]
+struct Ledger {
+    /// The counters of crashed instances, as of their last stats.
+    gone: Summary,
+    /// Points lost in crashes: accepted but only in a crashed instance's
+    /// memory, input that crashed it twice, and input left in the queue of
+    /// a sink that was down when the run ended.
+    lost: u64,
+    crashes: u32,
+    /// Points a crashed instance had in its backlog on disk.
+    on_disk: u64,
+}
+
+/// The number of lines (points) in a chunk.
+fn lines_in(chunk: &Chunk) -> u64 {
+    let b = &chunk.bytes;
+    let newlines = b.iter().filter(|c| **c == b'\n').count() as u64;
+    newlines + u64::from(b.last().is_some_and(|c| *c != b'\n'))
+}
+
+/// `lines 10-19` of the input, for log lines.
+fn line_range(chunk: &Chunk) -> String {
+    let n = lines_in(chunk).max(1);
+    format!(
+        "input lines {}-{}",
+        chunk.first_line,
+        chunk.first_line + n - 1
+    )
+}
+
+/// Resolves once `stop` is set; never if the sender is gone without.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
-    .await;
-    let summary = match &closing {
-        Ok(st) => Summary {
+}
+
+async fn sink_task(
+    ctx: SinkCtx,
+    first: SinkInstance,
+    inlet: Inlet,
+    mut stop: watch::Receiver<bool>,
+) -> SinkResult {
+    let name = ctx.name.as_str();
+    let missed = inlet.missed.clone();
+    let mut feed = Feed {
+        rx: inlet.rx,
+        retry: None,
+        input_done: false,
+        drain_deadline: None,
+        rejections_logged: 0,
+    };
+    let mut ledger = Ledger::default();
+    let mut backoff = Backoff::default();
+    let mut instance = Some(first);
+    let mut started = Instant::now();
+    let mut seen = Seen::default();
+    while let Some(sink) = instance.as_mut() {
+        let crash = match drive(&ctx, sink, &mut feed, &mut seen, &mut stop).await {
+            Ok(()) => break,
+            Err(crash) => crash,
+        };
+        // Tear the instance down: dropping its Store frees all it holds.
+        instance = None;
+        let mut what = format!("sink component crashed: {}", crash.fault);
+        let mut dead = Some((std::mem::take(&mut seen), crash.chunk));
+        loop {
+            let delay = backoff.next_delay(started.elapsed());
+            let why = no_restart(&ctx, &mut feed, &stop, delay);
+            match &why {
+                Some(why) => log::error(name, &format!("{what}; not restarting it: {why}")),
+                None => log::error(
+                    name,
+                    &format!(
+                        "{what}; restarting it from its backlog in {} s (restart {})",
+                        delay.as_secs(),
+                        backoff.restarts()
+                    ),
+                ),
+            }
+            if let Some((seen, chunk)) = dead.take() {
+                ledger.bury(&ctx, seen, chunk, &mut feed);
+            }
+            if why.is_some() {
+                ledger.abandon(name, &mut feed);
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => {
+                    log::error(name, "not restarting the sink component: the run is stopping");
+                    ledger.abandon(name, &mut feed);
+                    break;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            started = Instant::now();
+            match ctx
+                .runtime
+                .instantiate_sandboxed(&ctx.output, &ctx.limits)
+                .await
+            {
+                Ok(fresh) => {
+                    log::info(
+                        name,
+                        &format!(
+                            "sink component restarted (restart {}); it reopened its backlog",
+                            backoff.restarts()
+                        ),
+                    );
+                    instance = Some(fresh);
+                    break;
+                }
+                Err(e) => what = format!("sink component could not be restarted: {e:#}"),
+            }
+        }
+    }
+    // Whatever happened, undelivered points go to the backlog.
+    let mut closing = None;
+    if let Some(mut sink) = instance {
+        let result = async {
+            sink.shutdown().await?;
+            let st = sink.stats().await?;
+            Ok::<_, wasmtime::Error>(st)
+        }
+        .await;
+        match result {
+            Ok(st) => {
+                closing = Some(st);
+                if let Err(e) = sink.close().await {
+                    log::warn(name, &format!("closing the sink component failed: {e}"));
+                }
+            }
+            Err(e) => {
+                let fault = sink.fault(&e);
+                drop(sink);
+                log::error(
+                    name,
+                    &format!(
+                        "sink component crashed: {fault}; not restarting it: the run is ending"
+                    ),
+                );
+                ledger.bury(&ctx, seen, None, &mut feed);
+            }
+        }
+    }
+    let mut summary = ledger.gone;
+    match &closing {
+        Some(st) => summary.add(&Summary {
             accepted: st.accepted,
             delivered: st.delivered,
             backlogged: st.pending,
-            dropped: st.dropped + missed.load(Ordering::Relaxed),
+            dropped: st.dropped,
             rejected: st.rejected,
-        },
-        Err(_) => Summary::default(),
-    };
-    match (outcome, closing) {
-        (Ok(()), Ok(_)) => Ok(summary),
-        (Err(e), _) | (Ok(()), Err(e)) => {
-            Err((summary, e.context(format!("sink [{name}] failed"))))
+        }),
+        None => summary.backlogged += ledger.on_disk,
+    }
+    summary.dropped += missed.load(Ordering::Relaxed) + ledger.lost;
+    if ledger.crashes == 0 {
+        return Ok(summary);
+    }
+    let e = wasmtime::format_err!(
+        "sink [{name}] failed: its component crashed {} time{}; {} point{} lost in the crashes \
+         (counted in dropped)",
+        ledger.crashes,
+        if ledger.crashes == 1 { "" } else { "s" },
+        ledger.lost,
+        if ledger.lost == 1 { " was" } else { "s were" },
+    );
+    Err((summary, e))
+}
+
+/// Why the crashed sink is not to be restarted after `delay`, if so: the
+/// run is stopping, or its input has ended and the drain timeout ends
+/// before then.
+fn no_restart(
+    ctx: &SinkCtx,
+    feed: &mut Feed,
+    stop: &watch::Receiver<bool>,
+    delay: Duration,
+) -> Option<String> {
+    if *stop.borrow() {
+        return Some("the run is stopping".into());
+    }
+    if feed.input_done || feed.rx.is_closed() {
+        let now = Instant::now();
+        let deadline = *feed.drain_deadline.get_or_insert(now + ctx.drain_timeout);
+        if now + delay >= deadline {
+            return Some(format!(
+                "the input has ended and the drain timeout ({} s) ends before the restart",
+                ctx.drain_timeout.as_secs_f64()
+            ));
+        }
+    }
+    None
+}
+
+impl Ledger {
+    /// Account for a crashed instance: its counters as last seen, the
+    /// points only in its memory (lost), and the chunk it was writing
+    /// (written again once, dropped if it crashes an instance twice).
+    fn bury(&mut self, ctx: &SinkCtx, seen: Seen, chunk: Option<(Chunk, bool)>, feed: &mut Feed) {
+        let name = ctx.name.as_str();
+        self.crashes += 1;
+        let persistent = ctx.output.settings.enable_persistent_storage;
+        let mut in_memory = seen.accepted_since;
+        self.gone.accepted += seen.accepted_since;
+        if let Some(st) = &seen.stats {
+            self.gone.accepted += st.accepted;
+            self.gone.delivered += st.delivered;
+            self.gone.rejected += st.rejected;
+            self.gone.dropped += st.dropped;
+            // Its backlog file stays for the next instance; without
+            // persistent storage the backlog was memory too.
+            if persistent {
+                in_memory += st.pending.saturating_sub(st.backlog_points);
+                self.on_disk = st.backlog_points;
+            } else {
+                in_memory += st.pending;
+            }
+        }
+        if in_memory > 0 {
+            self.lost += in_memory;
+            log::error(
+                name,
+                &format!(
+                    "{in_memory} accepted points were only in the crashed instance's memory \
+                     and are lost (counted in dropped)"
+                ),
+            );
+        }
+        match chunk {
+            Some((chunk, true)) => {
+                let n = lines_in(&chunk);
+                self.lost += n;
+                log::error(
+                    name,
+                    &format!(
+                        "{} crashed the sink component twice; their {n} points are dropped \
+                         (counted in dropped)",
+                        line_range(&chunk)
+                    ),
+                );
+            }
+            Some((chunk, false)) => {
+                log::info(
+                    name,
+                    &format!(
+                        "{} were being written when it crashed; they will be written again \
+                         to the restarted instance",
+                        line_range(&chunk)
+                    ),
+                );
+                feed.retry = Some(chunk);
+            }
+            None => {}
+        }
+    }
+
+    /// The sink stays down: what is left of its input is lost.
+    fn abandon(&mut self, name: &str, feed: &mut Feed) {
+        let mut n = feed.retry.take().map_or(0, |c| lines_in(&c));
+        while let Ok(chunk) = feed.rx.try_recv() {
+            n += lines_in(&chunk);
+        }
+        feed.rx.close();
+        feed.input_done = true;
+        if n > 0 {
+            self.lost += n;
+            log::error(
+                name,
+                &format!(
+                    "{n} input points queued for the sink were never written to it and are \
+                     lost (counted in dropped)"
+                ),
+            );
         }
     }
 }
 
-/// Feed the sink until the input ends, then drain until nothing is pending
-/// or `drain_timeout` passes; `stop` cuts both short.
-async fn drive(
+/// Poll once and refresh the stats; returns how long the sink may sleep.
+async fn turn(sink: &mut SinkInstance, seen: &mut Seen) -> std::result::Result<Duration, Crash> {
+    let wait = sink.poll().await.map_err(|e| crash(sink, e))?;
+    refresh(sink, seen).await?;
+    Ok(Duration::from_nanos(wait).min(MAX_SLEEP))
+}
+
+async fn refresh(sink: &mut SinkInstance, seen: &mut Seen) -> std::result::Result<(), Crash> {
+    let st = sink.stats().await.map_err(|e| crash(sink, e))?;
+    seen.stats = Some(st);
+    seen.accepted_since = 0;
+    Ok(())
+}
+
+fn crash(sink: &SinkInstance, e: wasmtime::Error) -> Crash {
+    Crash {
+        fault: sink.fault(&e),
+        chunk: None,
+    }
+}
+
+/// Write one chunk; a crash hands the chunk back in the `Crash`.
+async fn write(
     name: &str,
     sink: &mut SinkInstance,
-    mut rx: mpsc::Receiver<Chunk>,
-    drain_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let mut rejections_logged = 0u64;
-    loop {
-        let wait = Duration::from_nanos(sink.poll().await?).min(MAX_SLEEP);
+    feed: &mut Feed,
+    seen: &mut Seen,
+    chunk: Chunk,
+    retried: bool,
+) -> std::result::Result<(), Crash> {
+    let result = match sink.write_lines(&chunk.bytes).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(Crash {
+                fault: sink.fault(&e),
+                chunk: Some((chunk, retried)),
+            })
+        }
+    };
+    seen.accepted_since += u64::from(result.accepted);
+    for r in &result.rejected {
+        feed.rejections_logged += 1;
+        if feed.rejections_logged <= MAX_REJECTION_LOGS {
+            log::warn(
+                name,
+                &format!(
+                    "input line {} rejected: {}",
+                    chunk.first_line + r.index as u64,
+                    r.reason
+                ),
+            );
+        } else if feed.rejections_logged == MAX_REJECTION_LOGS + 1 {
+            log::warn(name, "further rejected lines are counted but not logged");
+        }
+    }
+    refresh(sink, seen).await
+}
+
+/// Feed the sink until the input ends, then drain until nothing is pending
+/// or `drain_timeout` passes; `stop` cuts both short. Ends with `Err` when
+/// a call into the instance fails: the instance must then be discarded.
+async fn drive(
+    ctx: &SinkCtx,
+    sink: &mut SinkInstance,
+    feed: &mut Feed,
+    seen: &mut Seen,
+    stop: &mut watch::Receiver<bool>,
+) -> std::result::Result<(), Crash> {
+    let name = ctx.name.as_str();
+    if let Some(chunk) = feed.retry.take() {
+        write(name, sink, feed, seen, chunk, true).await?;
+    }
+    while !feed.input_done {
+        let wait = turn(sink, seen).await?;
         tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(()),
-            chunk = rx.recv() => match chunk {
-                Some(chunk) => {
-                    let result = sink.write_lines(&chunk.bytes).await?;
-                    for r in &result.rejected {
-                        rejections_logged += 1;
-                        if rejections_logged <= MAX_REJECTION_LOGS {
-                            log::warn(name, &format!("input line {} rejected: {}", chunk.first_line + r.index as u64, r.reason));
-                        } else if rejections_logged == MAX_REJECTION_LOGS + 1 {
-                            log::warn(name, "further rejected lines are counted but not logged");
-                        }
-                    }
-                }
-                None => break,
+            _ = stopped(stop) => return Ok(()),
+            chunk = feed.rx.recv() => match chunk {
+                Some(chunk) => write(name, sink, feed, seen, chunk, false).await?,
+                None => feed.input_done = true,
             },
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    sink.flush().await?;
-    let deadline = Instant::now() + drain_timeout;
+    let deadline = *feed
+        .drain_deadline
+        .get_or_insert_with(|| Instant::now() + ctx.drain_timeout);
+    sink.flush().await.map_err(|e| crash(sink, e))?;
     loop {
-        let wait = Duration::from_nanos(sink.poll().await?).min(MAX_SLEEP);
-        if sink.stats().await?.pending == 0 {
+        let wait = turn(sink, seen).await?;
+        if seen.stats.as_ref().is_some_and(|st| st.pending == 0) {
             return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
-            log::warn(name, &format!("drain timeout ({} s) reached with points undelivered; they stay in the backlog", drain_timeout.as_secs_f64()));
+            log::warn(name, &format!("drain timeout ({} s) reached with points undelivered; they stay in the backlog", ctx.drain_timeout.as_secs_f64()));
             return Ok(());
         }
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stopped(stop) => return Ok(()),
             _ = tokio::time::sleep(wait.min(deadline - now)) => {}
         }
     }

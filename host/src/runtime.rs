@@ -1,53 +1,133 @@
-//! wasmtime embedding: one engine, the compiled component, and one
+//! wasmtime embedding: one engine, the compiled component(s), and one
 //! sandboxed instance (own Store) per output.
+//!
+//! The sandbox of an instance (see also `sandbox`): its linear memory is
+//! capped (`max_memory_mb`), every call into it has a deadline
+//! (`max_call_ms`, epoch interruption), its only directory is its own
+//! backlog directory (as `/backlog`), its only network access is HTTP to
+//! the servers of its own section (anything else is refused and logged),
+//! and it sees no environment variables, no arguments and no stdin.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
 use wasmtime::error::Context;
-use wasmtime::{Config, Engine, Result, Store};
+use wasmtime::{Engine, Result, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::{InfluxSink, InfluxSinkPre, Point, Stats, WriteResult};
-use crate::config::OutputSpec;
+use crate::config::{OutputSpec, PipelineSpec};
+use crate::sandbox::{self, Call, EngineOptions, Fault, HostWaitExceeded, Limits, MemoryCap};
 use crate::tls::TlsClient;
 use influx_sink_component::config::{Endpoint, Settings};
 
-/// The compiled component, ready to instantiate many times.
+/// A compiled component, ready to instantiate many times.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     pre: InfluxSinkPre<SinkState>,
+    path: PathBuf,
 }
 
 impl Runtime {
-    /// Compile the component at `path` and link it against WASI.
+    /// Compile the component at `path` in a new engine sized for default
+    /// limits (see [`sandbox::engine`]) and link it against WASI.
     pub fn load(path: &Path) -> Result<Runtime> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config)?;
-        let component = Component::from_file(&engine, path)
+        let engine = sandbox::engine(&EngineOptions::default())?;
+        Runtime::load_in(&engine, path)
+    }
+
+    /// Compile the component at `path` in `engine` (made by
+    /// [`sandbox::engine`]: epoch interruption on, the ticker running).
+    pub fn load_in(engine: &Engine, path: &Path) -> Result<Runtime> {
+        let component = Component::from_file(engine, path)
             .with_context(|| format!("cannot load the sink component {}", path.display()))?;
-        let mut linker = Linker::<SinkState>::new(&engine);
+        let mut linker = Linker::<SinkState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let pre = InfluxSinkPre::new(linker.instantiate_pre(&component)?)?;
-        Ok(Runtime { engine, pre })
+        let pre = InfluxSinkPre::new(linker.instantiate_pre(&component)?)
+            .with_context(|| format!("{} is not an influx-sink component", path.display()))?;
+        Ok(Runtime {
+            engine: engine.clone(),
+            pre,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The component of every output of `spec`, compiled once per file in
+    /// one engine sized for their limits: an output's own `component`, or
+    /// `default` (the `--component` of the command line; only loaded if
+    /// some output uses it). `result[i]` belongs to `spec.outputs[i]`.
+    pub fn load_each(spec: &PipelineSpec, default: &Path) -> Result<Vec<Runtime>> {
+        let engine = sandbox::engine(&EngineOptions::for_sinks(
+            spec.sandboxes.iter().map(|s| &s.limits),
+        ))?;
+        let mut loaded: Vec<Runtime> = Vec::new();
+        let mut out = Vec::new();
+        for (output, sandbox) in spec.outputs.iter().zip(&spec.sandboxes) {
+            let path = sandbox.component.as_deref().unwrap_or(default);
+            let runtime = match loaded.iter().find(|r| r.path == path) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Runtime::load_in(&engine, path).with_context(|| {
+                        match &sandbox.component {
+                            Some(_) => {
+                                format!("[{}] component = {}", output.settings.name, path.display())
+                            }
+                            None => format!(
+                                "[{}] (the --component of the command line)",
+                                output.settings.name
+                            ),
+                        }
+                    })?;
+                    loaded.push(r.clone());
+                    r
+                }
+            };
+            out.push(runtime);
+        }
+        Ok(out)
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The component file this runtime was compiled from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// [`Runtime::instantiate_sandboxed`] with the default limits.
+    pub async fn instantiate(&self, output: &OutputSpec) -> Result<SinkInstance> {
+        self.instantiate_sandboxed(output, &Limits::default()).await
+    }
+
     /// A new instance for `output`, with exactly its capabilities: its own
     /// backlog directory as `/backlog`, HTTP to its own server, clocks,
-    /// stderr for its log lines.
-    pub async fn instantiate(&self, output: &OutputSpec) -> Result<SinkInstance> {
+    /// stderr for its log lines; and `limits`.
+    pub async fn instantiate_sandboxed(
+        &self,
+        output: &OutputSpec,
+        limits: &Limits,
+    ) -> Result<SinkInstance> {
         let s = &output.settings;
+        // WasiCtxBuilder::new() in wasmtime-wasi 48 starts closed: stdin
+        // closed (reads see the end of the stream), stdout and stderr
+        // discarded, no environment variables, no arguments, no preopened
+        // directories, every socket address denied, no name lookups. We add
+        // only stderr (the sink's log lines) and the backlog directory, and
+        // turn TCP, UDP and name lookups off explicitly: the component's
+        // HTTP goes through wasi:http, i.e. through `OnlyOwnServer` below.
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stderr().allow_blocking_current_thread(true);
+        wasi.inherit_stderr()
+            .allow_blocking_current_thread(true)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if s.enable_persistent_storage {
             std::fs::create_dir_all(&output.backlog_dir).with_context(|| {
                 format!(
@@ -75,18 +155,33 @@ impl Runtime {
                 allowed: allowed_authorities(s),
                 tls,
             },
+            memory: MemoryCap::new(limits),
         };
         let mut store = Store::new(&self.engine, state);
-        let bindings = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .context("cannot instantiate the sink component")?;
-        let opened = bindings
-            .influx_sink_output()
-            .sink()
-            .call_open(&mut store, &s.name, &output.pairs)
-            .await?;
+        store.limiter(|state| &mut state.memory);
+        store.epoch_deadline_trap();
+        arm(&mut store, limits, Call::Open);
+        let opened = guarded(limits, Call::Open, async {
+            let bindings = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .context("cannot instantiate the sink component")?;
+            let opened = bindings
+                .influx_sink_output()
+                .sink()
+                .call_open(&mut store, &s.name, &output.pairs)
+                .await?;
+            Ok((bindings, opened))
+        })
+        .await;
+        let (bindings, opened) = opened.map_err(|e| {
+            let fault = Fault::classify(Call::Open, &e, limits, store.data().memory.refused());
+            match fault {
+                Fault::Other { .. } => e,
+                fault => wasmtime::format_err!("{fault}"),
+            }
+        })?;
         let handle = opened.map_err(|e| {
             wasmtime::format_err!(
                 "the sink component refused the settings of [{}]: {e}",
@@ -97,7 +192,26 @@ impl Runtime {
             store,
             bindings: Arc::new(bindings),
             handle,
+            limits: *limits,
+            call: Call::Open,
         })
+    }
+}
+
+/// Give the next call its deadline and forget old memory refusals.
+fn arm(store: &mut Store<SinkState>, limits: &Limits, call: Call) {
+    store.set_epoch_deadline(Limits::deadline_ticks(limits.call_ms(call)));
+    store.data_mut().memory.begin_call();
+}
+
+/// Await `call` at most its deadline plus a grace: running wasm is cut by
+/// the epoch deadline; this bounds waits on the host (a pollable that never
+/// becomes ready). Dropping the call's future cancels it; the instance is
+/// then discarded.
+async fn guarded<T>(limits: &Limits, call: Call, f: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limits.host_wait(call), f).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::new(HostWaitExceeded)),
     }
 }
 
@@ -133,6 +247,7 @@ pub struct SinkState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OnlyOwnServer,
+    memory: MemoryCap,
 }
 
 impl WasiView for SinkState {
@@ -210,73 +325,96 @@ impl WasiHttpHooks for OnlyOwnServer {
 }
 
 /// One running sink: its Store, its bindings and its `sink` resource.
+///
+/// A call that fails (a trap, its deadline, the memory cap) leaves the
+/// instance unusable: [`SinkInstance::fault`] says why; then drop it.
 pub struct SinkInstance {
     store: Store<SinkState>,
     bindings: Arc<InfluxSink>,
     handle: ResourceAny,
+    limits: Limits,
+    /// The last call made (the one that failed, after a failure).
+    call: Call,
+}
+
+/// One guarded call into the sink resource: `$method` on the bindings.
+macro_rules! sink_call {
+    ($self:ident, $call:expr, $method:ident $(, $arg:expr)*) => {{
+        $self.call = $call;
+        arm(&mut $self.store, &$self.limits, $call);
+        let sink = $self.bindings.influx_sink_output().sink();
+        guarded(
+            &$self.limits,
+            $call,
+            sink.$method(&mut $self.store, $self.handle $(, $arg)*),
+        )
+        .await
+    }};
 }
 
 impl SinkInstance {
     pub async fn write_lines(&mut self, lines: &[u8]) -> Result<WriteResult> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_write_lines(&mut self.store, self.handle, lines)
-            .await
+        sink_call!(self, Call::WriteLines, call_write_lines, lines)
     }
 
     pub async fn write_points(&mut self, points: &[Point]) -> Result<WriteResult> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_write_points(&mut self.store, self.handle, points)
-            .await
+        sink_call!(self, Call::WritePoints, call_write_points, points)
     }
 
     /// One turn; returns the nanoseconds until the sink wants the next.
     pub async fn poll(&mut self) -> Result<u64> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_poll(&mut self.store, self.handle)
-            .await
+        sink_call!(self, Call::Poll, call_poll)
     }
 
     pub async fn flush(&mut self) -> Result<()> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_flush(&mut self.store, self.handle)
-            .await
+        sink_call!(self, Call::Flush, call_flush)
     }
 
     pub async fn shutdown(&mut self) -> Result<()> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_shutdown(&mut self.store, self.handle)
-            .await
+        sink_call!(self, Call::Shutdown, call_shutdown)
     }
 
     pub async fn stats(&mut self) -> Result<Stats> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_stats(&mut self.store, self.handle)
-            .await
+        sink_call!(self, Call::Stats, call_stats)
     }
 
     pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
-        self.bindings
-            .influx_sink_output()
-            .sink()
-            .call_snapshot(&mut self.store, self.handle)
-            .await
+        sink_call!(self, Call::Snapshot, call_snapshot)
     }
 
-    /// Release the resource and the instance.
+    /// Why the last call failed with `error`: its deadline, the memory cap,
+    /// a trap, or another error.
+    pub fn fault(&self, error: &wasmtime::Error) -> Fault {
+        Fault::classify(
+            self.call,
+            error,
+            &self.limits,
+            self.store.data().memory.refused(),
+        )
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn memory_in_use(&self) -> usize {
+        self.store.data().memory.in_use()
+    }
+
+    /// Release the resource and the instance. An error says why (see
+    /// [`SinkInstance::fault`]).
     pub async fn close(mut self) -> Result<()> {
-        self.handle.resource_drop_async(&mut self.store).await
+        self.call = Call::Close;
+        arm(&mut self.store, &self.limits, Call::Close);
+        let limits = self.limits;
+        let closed = guarded(
+            &limits,
+            Call::Close,
+            self.handle.resource_drop_async(&mut self.store),
+        )
+        .await;
+        closed.map_err(|e| wasmtime::format_err!("{}", self.fault(&e)))
     }
 }
 
