@@ -16,8 +16,6 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use harness::{generator_section, output_section, tail, write_config, Influxd, Sink, Stdin};
@@ -29,41 +27,16 @@ const CHUNK: u64 = 1000;
 const MEASUREMENT: &str = "sandbox";
 const DB: &str = "sandbox";
 
-/// The hostile builds share one target directory (and one output file).
-static BUILD: Mutex<()> = Mutex::new(());
-
 /// Build the hostile component with `feature` and copy it to
 /// `<dir>/<feature>.wasm`.
 fn hostile(feature: &str, dir: &Path) -> PathBuf {
-    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = harness::target_dir().join("hostile");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--features",
-        ])
-        .arg(feature)
-        .arg("--manifest-path")
-        .arg(root.join("tests/hostile/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("run cargo to build the hostile component");
-    assert!(
-        out.status.success(),
-        "building the hostile component (feature {feature}) failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let built = target.join("wasm32-wasip2/release/influx_sink_hostile.wasm");
-    let copy = dir.join(format!("{feature}.wasm"));
-    std::fs::copy(&built, &copy)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), copy.display()));
-    copy
+    harness::build_wasm(
+        "tests/hostile/Cargo.toml",
+        "influx-sink-hostile",
+        feature,
+        "hostile",
+        &dir.join(format!("{feature}.wasm")),
+    )
 }
 
 /// One run: `[bad]` runs the hostile `feature` (16 MiB, 200 ms per call),

@@ -1,6 +1,7 @@
 //! influx-sink host: loads the sink component into wasmtime, one instance
 //! per output section, and runs sources into them.
 
+pub mod admin;
 pub mod backlog_cli;
 pub mod bindings;
 pub mod config;
@@ -8,7 +9,9 @@ pub mod fanout;
 pub mod generator;
 pub mod log;
 pub mod pipeline;
+pub mod precompile;
 pub mod runtime;
 pub mod sandbox;
 pub mod simulate;
+pub mod swap;
 pub mod tls;

@@ -1,16 +1,19 @@
 //! The `influx-sink` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use influx_sink_host::config::{self, PipelineSpec};
 use influx_sink_host::pipeline::{self, RunOptions};
 use influx_sink_host::runtime::Runtime;
-use influx_sink_host::{log, simulate};
+use influx_sink_host::{admin, log, precompile, sandbox, simulate};
 
 const USAGE: &str = "usage:
-  influx-sink run CONFIG [--component PATH] [--drain-timeout SECONDS]
+  influx-sink run CONFIG [--component PATH] [--drain-timeout SECONDS] [--admin [IP:]PORT]
+                  [--cache-dir DIR | --no-cache] [--no-watch]
+  influx-sink swap --admin [IP:]PORT COMPONENT
+  influx-sink compile COMPONENT -o FILE.cwasm
   influx-sink validate CONFIG
   influx-sink simulate CONFIG --outage SECONDS [--rate POINTS_PER_SECOND] [--output SECTION] [--hang] [--json]
   influx-sink backlog stats DIR [--json]
@@ -26,6 +29,8 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&args[1..]),
         Some("validate") => cmd_validate(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
+        Some("compile") => cmd_compile(&args[1..]),
+        Some("swap") => cmd_swap(&args[1..]),
         Some("backlog") => influx_sink_host::backlog_cli::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -216,8 +221,78 @@ fn default_component() -> PathBuf {
     PathBuf::from(FILE)
 }
 
+/// `influx-sink compile COMPONENT -o FILE.cwasm`: compile ahead of time
+/// for this build and machine, so a small device skips Cranelift.
+fn cmd_compile(raw: &[String]) -> ExitCode {
+    let args = match parse_args(raw, &["-o"], &[]) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let ([input], Some(output)) = (args.positional.as_slice(), args.value("-o")) else {
+        return usage_error("compile expects COMPONENT -o FILE.cwasm");
+    };
+    let engine = match sandbox::engine(&sandbox::EngineOptions::default()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("influx-sink: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let t = std::time::Instant::now();
+    match precompile::compile_to_file(&engine, Path::new(input), Path::new(output)) {
+        Ok(bytes) => {
+            println!(
+                "compiled {input} -> {output} ({bytes} bytes) in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("influx-sink: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `influx-sink swap --admin ADDR COMPONENT`: ask a running host to swap
+/// its sinks to COMPONENT.
+fn cmd_swap(raw: &[String]) -> ExitCode {
+    let args = match parse_args(raw, &["--admin"], &[]) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let ([path], Some(addr)) = (args.positional.as_slice(), args.value("--admin")) else {
+        return usage_error("swap expects --admin [IP:]PORT COMPONENT");
+    };
+    match admin::client_swap(addr, Path::new(path)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("influx-sink: swap failed:\n{why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn cmd_run(raw: &[String]) -> ExitCode {
-    let args = match parse_args(raw, &["--component", "--drain-timeout"], &[]) {
+    let args = match parse_args(
+        raw,
+        &["--component", "--drain-timeout", "--admin", "--cache-dir"],
+        &["--no-cache", "--no-watch"],
+    ) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let cache = if args.has("--no-cache") {
+        None
+    } else {
+        args.value("--cache-dir")
+            .map(PathBuf::from)
+            .or_else(precompile::default_cache_dir)
+    };
+    let admin_addr = match args.value("--admin").map(admin::parse_addr).transpose() {
         Ok(a) => a,
         Err(e) => return usage_error(&e),
     };
@@ -244,7 +319,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
-        let runtimes = match Runtime::load_each(&spec, &component) {
+        let runtimes = match Runtime::load_each(&spec, &component, cache.as_deref()) {
             Ok(r) => r,
             Err(e) => {
                 log::error("host", &format!("{e:#}"));
@@ -252,6 +327,45 @@ fn cmd_run(raw: &[String]) -> ExitCode {
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (swap_tx, swap_rx) = tokio::sync::mpsc::channel(4);
+        if let Some(addr) = admin_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    if !addr.ip().is_loopback() {
+                        log::warn("host", &format!("the admin endpoint listens on {addr}, beyond loopback: anyone who reaches it can swap the sink component"));
+                    }
+                    log::info("host", &format!("admin endpoint on http://{addr} (POST /swap)"));
+                    tokio::spawn(admin::serve(listener, swap_tx.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    log::error("host", &format!("cannot listen on --admin {addr}: {e}"));
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let mut files: Vec<PathBuf> = runtimes.iter().map(|r| r.path().to_path_buf()).collect();
+        files.dedup();
+        if !args.has("--no-watch") {
+            tokio::spawn(admin::watch_files(files.clone(), swap_tx.clone(), stop_rx.clone()));
+        }
+        // SIGHUP: load every component file again (a changed one is swapped in).
+        let hup_tx = swap_tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                log::info("host", "SIGHUP: reloading the sink component(s)");
+                for f in &files {
+                    let report = admin::request_swap(&hup_tx, f.clone(), Some(f.clone()), "SIGHUP").await;
+                    for line in report.lines {
+                        log::info("host", &line);
+                    }
+                }
+            }
+        });
+        drop(swap_tx);
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -265,7 +379,12 @@ fn cmd_run(raw: &[String]) -> ExitCode {
             // keep the sender alive so receivers see one change only
             std::future::pending::<()>().await;
         });
-        match pipeline::run(runtimes, spec, RunOptions { drain_timeout: drain }, stop_rx).await {
+        let opts = RunOptions {
+            drain_timeout: drain,
+            swaps: Some(swap_rx),
+            cache,
+        };
+        match pipeline::run(runtimes, spec, opts, stop_rx).await {
             Ok((summary, failed)) => {
                 eprintln!("{}", summary.line());
                 if failed {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use wasmtime::error::Context;
 use wasmtime::Result;
 
+use crate::admin::SwapRequest;
 use crate::bindings::Stats;
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::fanout::{Chunk, Fanout, Inlet};
@@ -27,6 +28,7 @@ use crate::generator::{Generator, GeneratorSpec};
 use crate::log;
 use crate::runtime::{Runtime, SinkInstance};
 use crate::sandbox::{Backoff, Fault, Limits};
+use crate::swap::{self, SinkHandle, SwapCmd, Swapped};
 
 /// Chunks in flight between the source and each sink.
 const QUEUE_CHUNKS: usize = 16;
@@ -63,6 +65,10 @@ impl Summary {
 
 pub struct RunOptions {
     pub drain_timeout: Duration,
+    /// Live-upgrade requests (admin endpoint, file watcher, SIGHUP), and
+    /// the compile cache for the new components.
+    pub swaps: Option<mpsc::Receiver<SwapRequest>>,
+    pub cache: Option<std::path::PathBuf>,
 }
 
 /// Run the pipeline until the input ends (then drain) or `stop` fires
@@ -96,10 +102,32 @@ pub async fn run(
     let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
     let mut fanout = Fanout::new(live);
     let mut tasks = Vec::new();
+    let mut handles = Vec::new();
+    let engine = sinks.first().map(|(ctx, _)| ctx.runtime.engine().clone());
     for (ctx, instance) in sinks {
         let inlet = fanout.add(&ctx.name, QUEUE_CHUNKS);
-        tasks.push(tokio::spawn(sink_task(ctx, instance, inlet, stop.clone())));
+        let (tx, swaps) = mpsc::channel(1);
+        handles.push(SinkHandle {
+            name: ctx.name.clone(),
+            output: ctx.output.clone(),
+            limits: ctx.limits,
+            path: ctx.runtime.path().to_path_buf(),
+            tx,
+        });
+        tasks.push(tokio::spawn(sink_task(
+            ctx,
+            instance,
+            inlet,
+            swaps,
+            stop.clone(),
+        )));
     }
+    let dispatcher = match (opts.swaps, engine) {
+        (Some(requests), Some(engine)) => Some(tokio::spawn(swap::dispatch(
+            requests, handles, engine, opts.cache,
+        ))),
+        _ => None,
+    };
     let source = match spec.source {
         SourceSpec::Stdin => tokio::spawn(read_stdin(fanout, stop.clone())),
         SourceSpec::Generator(g) => tokio::spawn(generate(g, fanout, stop.clone())),
@@ -109,6 +137,7 @@ pub async fn run(
     }
     let mut total = Summary::default();
     let mut failed = false;
+    let _dispatcher = dispatcher.map(AbortOnDrop);
     for t in tasks {
         match t.await {
             Ok(Ok(s)) => total.add(&s),
@@ -191,6 +220,15 @@ async fn generate(spec: GeneratorSpec, mut fanout: Fanout, mut stop: watch::Rece
 
 type SinkResult = std::result::Result<Summary, (Summary, wasmtime::Error)>;
 
+/// Stops a background task when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a sink task needs to run, and to rebuild, its instance.
 struct SinkCtx {
     name: String,
@@ -210,6 +248,8 @@ struct Feed {
     /// When draining gives up: `drain_timeout` after the input ended.
     drain_deadline: Option<Instant>,
     rejections_logged: u64,
+    /// Swaps for this sink (see `swap`); `None` once no more can come.
+    swaps: Option<mpsc::Receiver<SwapCmd>>,
 }
 
 /// How an instance crashed, and the chunk it was writing if any (with
@@ -266,12 +306,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn sink_task(
-    ctx: SinkCtx,
+    mut ctx: SinkCtx,
     first: SinkInstance,
     inlet: Inlet,
+    swaps: mpsc::Receiver<SwapCmd>,
     mut stop: watch::Receiver<bool>,
 ) -> SinkResult {
-    let name = ctx.name.as_str();
+    let name = ctx.name.clone();
+    let name = name.as_str();
     let missed = inlet.missed.clone();
     let mut feed = Feed {
         rx: inlet.rx,
@@ -279,6 +321,7 @@ async fn sink_task(
         input_done: false,
         drain_deadline: None,
         rejections_logged: 0,
+        swaps: Some(swaps),
     };
     let mut ledger = Ledger::default();
     let mut backoff = Backoff::default();
@@ -286,7 +329,7 @@ async fn sink_task(
     let mut started = Instant::now();
     let mut seen = Seen::default();
     while let Some(sink) = instance.as_mut() {
-        let crash = match drive(&ctx, sink, &mut feed, &mut seen, &mut stop).await {
+        let crash = match drive(&mut ctx, sink, &mut feed, &mut seen, &mut stop).await {
             Ok(()) => break,
             Err(crash) => crash,
         };
@@ -570,13 +613,14 @@ async fn write(
 /// or `drain_timeout` passes; `stop` cuts both short. Ends with `Err` when
 /// a call into the instance fails: the instance must then be discarded.
 async fn drive(
-    ctx: &SinkCtx,
+    ctx: &mut SinkCtx,
     sink: &mut SinkInstance,
     feed: &mut Feed,
     seen: &mut Seen,
     stop: &mut watch::Receiver<bool>,
 ) -> std::result::Result<(), Crash> {
-    let name = ctx.name.as_str();
+    let name = ctx.name.clone();
+    let name = name.as_str();
     if let Some(chunk) = feed.retry.take() {
         write(name, sink, feed, seen, chunk, true).await?;
     }
@@ -585,6 +629,7 @@ async fn drive(
         tokio::select! {
             biased;
             _ = stopped(stop) => return Ok(()),
+            cmd = next_swap(&mut feed.swaps) => swap_to(ctx, sink, seen, cmd).await?,
             chunk = feed.rx.recv() => match chunk {
                 Some(chunk) => write(name, sink, feed, seen, chunk, false).await?,
                 None => feed.input_done = true,
@@ -608,7 +653,64 @@ async fn drive(
         }
         tokio::select! {
             _ = stopped(stop) => return Ok(()),
+            cmd = next_swap(&mut feed.swaps) => swap_to(ctx, sink, seen, cmd).await?,
             _ = tokio::time::sleep(wait.min(deadline - now)) => {}
+        }
+    }
+}
+
+/// The next swap for this sink; pending forever once none can come.
+async fn next_swap(swaps: &mut Option<mpsc::Receiver<SwapCmd>>) -> SwapCmd {
+    if let Some(rx) = swaps.as_mut() {
+        if let Some(cmd) = rx.recv().await {
+            return cmd;
+        }
+        *swaps = None;
+    }
+    std::future::pending().await
+}
+
+/// Carry out a swap between two calls; the old instance failing while it
+/// is snapshotted is its crash.
+async fn swap_to(
+    ctx: &mut SinkCtx,
+    sink: &mut SinkInstance,
+    seen: &mut Seen,
+    cmd: SwapCmd,
+) -> std::result::Result<(), Crash> {
+    let SwapCmd {
+        runtime,
+        prepared,
+        reply,
+    } = cmd;
+    let outcome = swap::swap_instance(
+        &ctx.name,
+        &ctx.output,
+        &ctx.limits,
+        &ctx.runtime,
+        sink,
+        &runtime,
+        prepared,
+    )
+    .await;
+    match outcome {
+        Swapped::Done { line, stats } => {
+            log::info(&ctx.name, &line);
+            seen.stats = Some(stats);
+            seen.accepted_since = 0;
+            ctx.runtime = runtime;
+            let _ = reply.send(Ok(line));
+            Ok(())
+        }
+        Swapped::Kept(why) => {
+            let _ = reply.send(Err(why));
+            Ok(())
+        }
+        Swapped::OldCrashed(e) => {
+            let _ = reply.send(Err(format!(
+                "the running instance failed while its state was taken: {e:#}"
+            )));
+            Err(crash(sink, e))
         }
     }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
+use wasmtime::component::{Linker, ResourceAny, ResourceTable};
 use wasmtime::error::Context;
 use wasmtime::{Engine, Result, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::bindings::{InfluxSink, InfluxSinkPre, Point, Stats, WriteResult};
 use crate::config::{OutputSpec, PipelineSpec};
+use crate::precompile;
 use crate::sandbox::{self, Call, EngineOptions, Fault, HostWaitExceeded, Limits, MemoryCap};
 use crate::tls::TlsClient;
 use influx_sink_component::config::{Endpoint, Settings};
@@ -30,6 +31,8 @@ pub struct Runtime {
     engine: Engine,
     pre: InfluxSinkPre<SinkState>,
     path: PathBuf,
+    /// SHA-256 of the component file, hex: what identifies its code.
+    hash: String,
 }
 
 impl Runtime {
@@ -43,8 +46,15 @@ impl Runtime {
     /// Compile the component at `path` in `engine` (made by
     /// [`sandbox::engine`]: epoch interruption on, the ticker running).
     pub fn load_in(engine: &Engine, path: &Path) -> Result<Runtime> {
-        let component = Component::from_file(engine, path)
+        Runtime::load_cached(engine, path, None)
+    }
+
+    /// Like [`Runtime::load_in`], through the compile cache in `cache`
+    /// (see `precompile`); `path` may also be a `.cwasm`.
+    pub fn load_cached(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Runtime> {
+        let loaded = precompile::load(engine, path, cache)
             .with_context(|| format!("cannot load the sink component {}", path.display()))?;
+        let component = loaded.component;
         let mut linker = Linker::<SinkState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -54,14 +64,24 @@ impl Runtime {
             engine: engine.clone(),
             pre,
             path: path.to_path_buf(),
+            hash: loaded.hash,
         })
+    }
+
+    /// SHA-256 of the component file (hex).
+    pub fn hash(&self) -> &str {
+        &self.hash
     }
 
     /// The component of every output of `spec`, compiled once per file in
     /// one engine sized for their limits: an output's own `component`, or
     /// `default` (the `--component` of the command line; only loaded if
     /// some output uses it). `result[i]` belongs to `spec.outputs[i]`.
-    pub fn load_each(spec: &PipelineSpec, default: &Path) -> Result<Vec<Runtime>> {
+    pub fn load_each(
+        spec: &PipelineSpec,
+        default: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Vec<Runtime>> {
         let engine = sandbox::engine(&EngineOptions::for_sinks(
             spec.sandboxes.iter().map(|s| &s.limits),
         ))?;
@@ -72,17 +92,22 @@ impl Runtime {
             let runtime = match loaded.iter().find(|r| r.path == path) {
                 Some(r) => r.clone(),
                 None => {
-                    let r = Runtime::load_in(&engine, path).with_context(|| {
-                        match &sandbox.component {
-                            Some(_) => {
-                                format!("[{}] component = {}", output.settings.name, path.display())
-                            }
-                            None => format!(
-                                "[{}] (the --component of the command line)",
-                                output.settings.name
-                            ),
-                        }
-                    })?;
+                    let r =
+                        Runtime::load_cached(&engine, path, cache).with_context(
+                            || match &sandbox.component {
+                                Some(_) => {
+                                    format!(
+                                        "[{}] component = {}",
+                                        output.settings.name,
+                                        path.display()
+                                    )
+                                }
+                                None => format!(
+                                    "[{}] (the --component of the command line)",
+                                    output.settings.name
+                                ),
+                            },
+                        )?;
                     loaded.push(r.clone());
                     r
                 }
@@ -114,6 +139,12 @@ impl Runtime {
         output: &OutputSpec,
         limits: &Limits,
     ) -> Result<SinkInstance> {
+        self.prepare(output, limits).await?.open(output).await
+    }
+
+    /// An instance for `output` with its capabilities and `limits`, made
+    /// but not opened: the slow part of a swap, done off the hot path.
+    pub async fn prepare(&self, output: &OutputSpec, limits: &Limits) -> Result<Prepared> {
         let s = &output.settings;
         // WasiCtxBuilder::new() in wasmtime-wasi 48 starts closed: stdin
         // closed (reads see the end of the stream), stdout and stderr
@@ -161,40 +192,99 @@ impl Runtime {
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
         arm(&mut store, limits, Call::Open);
-        let opened = guarded(limits, Call::Open, async {
-            let bindings = self
-                .pre
+        let made = guarded(limits, Call::Open, async {
+            self.pre
                 .instantiate_async(&mut store)
                 .await
-                .context("cannot instantiate the sink component")?;
-            let opened = bindings
-                .influx_sink_output()
-                .sink()
-                .call_open(&mut store, &s.name, &output.pairs)
-                .await?;
-            Ok((bindings, opened))
+                .context("cannot instantiate the sink component")
         })
         .await;
-        let (bindings, opened) = opened.map_err(|e| {
-            let fault = Fault::classify(Call::Open, &e, limits, store.data().memory.refused());
-            match fault {
-                Fault::Other { .. } => e,
-                fault => wasmtime::format_err!("{fault}"),
-            }
-        })?;
+        let bindings = made.map_err(|e| classified(&store, Call::Open, limits, e))?;
+        Ok(Prepared {
+            store,
+            bindings,
+            limits: *limits,
+        })
+    }
+}
+
+/// A call's error, named by its fault when it is one (deadline, memory).
+fn classified(
+    store: &Store<SinkState>,
+    call: Call,
+    limits: &Limits,
+    e: wasmtime::Error,
+) -> wasmtime::Error {
+    match Fault::classify(call, &e, limits, store.data().memory.refused()) {
+        Fault::Other { .. } => e,
+        fault => wasmtime::format_err!("{fault}"),
+    }
+}
+
+/// An instantiated component whose sink is not open yet (see
+/// [`Runtime::prepare`]).
+pub struct Prepared {
+    store: Store<SinkState>,
+    bindings: InfluxSink,
+    limits: Limits,
+}
+
+impl Prepared {
+    /// The build's version string.
+    pub async fn version(&mut self) -> Result<String> {
+        arm(&mut self.store, &self.limits, Call::Open);
+        let sink = self.bindings.influx_sink_output().sink();
+        guarded(&self.limits, Call::Open, sink.call_version(&mut self.store)).await
+    }
+
+    /// Open the sink from its section's settings.
+    pub async fn open(mut self, output: &OutputSpec) -> Result<SinkInstance> {
+        let s = &output.settings;
+        arm(&mut self.store, &self.limits, Call::Open);
+        let sink = self.bindings.influx_sink_output().sink();
+        let opened = guarded(
+            &self.limits,
+            Call::Open,
+            sink.call_open(&mut self.store, &s.name, &output.pairs),
+        )
+        .await
+        .map_err(|e| classified(&self.store, Call::Open, &self.limits, e))?;
         let handle = opened.map_err(|e| {
             wasmtime::format_err!(
                 "the sink component refused the settings of [{}]: {e}",
                 s.name
             )
         })?;
-        Ok(SinkInstance {
-            store,
-            bindings: Arc::new(bindings),
+        Ok(self.into_instance(handle))
+    }
+
+    /// Rebuild the sink from a predecessor's `snapshot`. The outer error is
+    /// a failed call (trap, deadline); the inner one the component's
+    /// refusal of the state (a version it cannot read, damage).
+    pub async fn restore(
+        mut self,
+        snapshot: &[u8],
+    ) -> Result<std::result::Result<SinkInstance, String>> {
+        arm(&mut self.store, &self.limits, Call::Open);
+        let sink = self.bindings.influx_sink_output().sink();
+        let restored = guarded(
+            &self.limits,
+            Call::Open,
+            sink.call_restore(&mut self.store, snapshot),
+        )
+        .await
+        .map_err(|e| classified(&self.store, Call::Open, &self.limits, e))?;
+        Ok(restored.map(|handle| self.into_instance(handle)))
+    }
+
+    fn into_instance(self, handle: ResourceAny) -> SinkInstance {
+        SinkInstance {
+            store: self.store,
+            bindings: Arc::new(self.bindings),
             handle,
-            limits: *limits,
+            limits: self.limits,
             call: Call::Open,
-        })
+        }
     }
 }
 
@@ -380,6 +470,19 @@ impl SinkInstance {
 
     pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
         sink_call!(self, Call::Snapshot, call_snapshot)
+    }
+
+    /// The build's version string (a static function of the component).
+    pub async fn version(&mut self) -> Result<String> {
+        self.call = Call::Stats;
+        arm(&mut self.store, &self.limits, Call::Stats);
+        let sink = self.bindings.influx_sink_output().sink();
+        guarded(
+            &self.limits,
+            Call::Stats,
+            sink.call_version(&mut self.store),
+        )
+        .await
     }
 
     /// Why the last call failed with `error`: its deadline, the memory cap,

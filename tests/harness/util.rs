@@ -155,3 +155,50 @@ pub(crate) fn describe_err(e: ureq::Error) -> String {
         ureq::Error::Transport(t) => format!("transport error: {t}"),
     }
 }
+
+/// Builds share target directories: one at a time.
+static WASM_BUILD: Mutex<()> = Mutex::new(());
+
+/// Build a wasm32-wasip2 component: `cargo build --release` of `package`
+/// in the workspace at `manifest` (relative to the repository) with
+/// `features`, into `target/<target_subdir>`; the artifact is copied to
+/// `copy_to`, which is returned.
+pub fn build_wasm(
+    manifest: &str,
+    package: &str,
+    features: &str,
+    target_subdir: &str,
+    copy_to: &Path,
+) -> PathBuf {
+    let _one_at_a_time = WASM_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = crate::target_dir().join(target_subdir);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ])
+        .args(["--features", features])
+        .arg("--manifest-path")
+        .arg(root.join(manifest))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building {package} with features `{features}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let artifact = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    std::fs::copy(&artifact, copy_to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", artifact.display(), copy_to.display()));
+    copy_to.to_path_buf()
+}

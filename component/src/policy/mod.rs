@@ -303,6 +303,7 @@ impl<B: Backlog> Policy<B> {
         {
             points.extend(p.iter().cloned());
         }
+        points.extend(self.storage.held().cloned());
         for b in &self.ready {
             points.extend(b.iter().cloned());
         }
@@ -364,10 +365,22 @@ impl<B: Backlog> Policy<B> {
                 at: now + in_ns,
             },
         };
-        self.adopt(c.counters, c.points, now, wall);
-        if let Some(age) = c.batch_age_ns.filter(|_| !self.batch.is_empty()) {
+        // Full batches wait to be sent, the rest is the batch being
+        // filled: no disk write here, so the swap pause stays short.
+        let bs = self.s.batch_size as usize;
+        let mut points = c.points;
+        let batch = points.split_off(points.len() - points.len() % bs);
+        let mut it = points.into_iter();
+        while it.len() > 0 {
+            self.ready.push_back(it.by_ref().take(bs).collect());
+        }
+        self.batch = batch;
+        if !self.batch.is_empty() {
+            let age = c.batch_age_ns.unwrap_or(0);
             self.batch_started = Some(now.saturating_sub(age));
         }
+        self.counters = c.counters;
+        self.clock = (now, wall);
         self.streak = c.streak;
         if c.health.len() == self.health.len() {
             self.active = c.active as usize;

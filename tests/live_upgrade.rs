@@ -1,0 +1,253 @@
+//! Live upgrade under load: two genuinely different builds of the component
+//! (the `next` feature: another version string, one more field in its
+//! state) are swapped v1 → v2 → v1 … every few hundred milliseconds through
+//! the admin endpoint while the generator sends 50,000 points/s through a
+//! real InfluxDB, which is stopped for part of the run. Afterwards every
+//! point is in InfluxDB exactly once, and the swap pauses are reported.
+//!
+//! Run: `cargo test --release --test live_upgrade -- --nocapture`
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::{generator_section, output_section, write_config, Influxd, Sink, Stdin};
+
+const RATE: u64 = 50_000;
+const TOTAL: u64 = 400_000;
+const DB: &str = "upgrade";
+const MEASUREMENT: &str = "upgrade";
+
+/// Build the component with `--features next` in its own target directory.
+fn build_next(dir: &Path) -> PathBuf {
+    harness::build_wasm(
+        "Cargo.toml",
+        "influx-sink-component",
+        "next",
+        "next",
+        &dir.join("v2.wasm"),
+    )
+}
+
+/// `POST /swap` to the admin endpoint; the status and the answer.
+fn swap(port: u16, component: &Path) -> (u16, String) {
+    let path = component.display().to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /swap HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{path}",
+        path.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// The pauses of the `swapped ... in X ms` log lines, sorted.
+fn pauses(stderr: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = stderr
+        .lines()
+        .filter(|l| l.contains("swapped the sink component"))
+        .filter_map(|l| {
+            let at = l.find(") in ")? + 5;
+            l[at..].split(' ').next()?.parse().ok()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+#[test]
+fn swapping_back_and_forth_under_load_and_an_outage_loses_nothing() {
+    Sink::require_built();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let v1 = dir.path().join("v1.wasm");
+    std::fs::copy(harness::component_path(), &v1).expect("copy the component");
+    let v2 = build_next(dir.path());
+    let mut influx = Influxd::start();
+    influx.create_database(DB);
+    let admin = harness::free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}{}",
+            generator_section(
+                TOTAL,
+                RATE,
+                &[("measurement", MEASUREMENT), ("fields", "4")]
+            ),
+            output_section(
+                "influx",
+                influx.port(),
+                DB,
+                &[
+                    ("batch_size", "5000"),
+                    ("batch_timeout", "0.1"),
+                    ("reconnect_delay", "0.2"),
+                    ("max_reconnect_delay", "0.5"),
+                    ("connection_timeout", "2"),
+                    ("persistent_storage_path", "backlog"),
+                    ("max_backlog_size", "10000000"),
+                ],
+            )
+        ),
+    );
+    let v1_arg = v1.display().to_string();
+    let admin_arg = admin.to_string();
+    let cache = dir.path().join("cache").display().to_string();
+    let mut sink = Sink::spawn_with(
+        &config,
+        Stdin::Empty,
+        &[
+            "--component",
+            &v1_arg,
+            "--admin",
+            &admin_arg,
+            "--cache-dir",
+            &cache,
+            "--drain-timeout",
+            "60",
+        ],
+    );
+    assert!(
+        sink.wait_for_log("admin endpoint on", Duration::from_secs(30)),
+        "{}",
+        sink.stderr_tail(20)
+    );
+    // Swap every 300 ms for the whole run; stop the server from the 2nd to
+    // the 4th second.
+    let began = Instant::now();
+    let mut swaps = 0;
+    let mut stopped = false;
+    let mut restarted = false;
+    // The generator runs TOTAL / RATE = 8 s; swap through it and the drain.
+    let run_for = Duration::from_secs(TOTAL / RATE + 2);
+    while sink.is_running() && began.elapsed() < run_for {
+        let next = if swaps % 2 == 0 { &v2 } else { &v1 };
+        let (status, answer) = swap(admin, next);
+        if !sink.is_running() {
+            break;
+        }
+        assert_eq!(
+            status,
+            200,
+            "swap {swaps} failed: {answer}\n{}",
+            sink.stderr_tail(20)
+        );
+        swaps += 1;
+        let t = began.elapsed();
+        if !stopped && t >= Duration::from_secs(2) {
+            influx.stop();
+            stopped = true;
+        }
+        if stopped && !restarted && t >= Duration::from_secs(4) {
+            influx.start_again();
+            restarted = true;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        stopped && restarted,
+        "the run ended before the outage was over"
+    );
+    let (code, stderr) = sink.wait();
+    let summary = sink.summary();
+    assert_eq!(code, Some(0), "{}", harness::tail(&stderr, 30));
+    assert_eq!(
+        (
+            summary.accepted,
+            summary.delivered,
+            summary.dropped,
+            summary.rejected
+        ),
+        (TOTAL, TOTAL, 0, 0),
+        "summary {summary:?}\n{}",
+        harness::tail(&stderr, 30)
+    );
+    assert_eq!(
+        influx.count(DB, MEASUREMENT, "seq"),
+        TOTAL,
+        "points in InfluxDB"
+    );
+    let p = pauses(&stderr);
+    assert!(
+        swaps >= 10 && p.len() >= 10,
+        "{swaps} swaps, {} logged",
+        p.len()
+    );
+    assert!(stderr.contains("0.1.0 → 0.1.0-next") && stderr.contains("0.1.0-next → 0.1.0"));
+    let pct = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "live upgrade: {} swaps at {RATE} points/s with a 2 s outage; pause p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p.len(),
+        pct(0.5),
+        pct(0.99),
+        p[p.len() - 1]
+    );
+}
+
+#[test]
+fn a_bad_component_is_refused_and_the_running_version_stays() {
+    Sink::require_built();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let influx = Influxd::start();
+    // A file that is not a component, and a missing one: refused, and the
+    // running version goes on.
+    let admin = harness::free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}{}",
+            generator_section(20_000, 10_000, &[("measurement", MEASUREMENT)]),
+            output_section(
+                "influx",
+                influx.port(),
+                "refuse",
+                &[
+                    ("persistent_storage_path", "backlog"),
+                    ("batch_timeout", "0.1")
+                ],
+            )
+        ),
+    );
+    let admin_arg = admin.to_string();
+    let mut sink = Sink::spawn_with(
+        &config,
+        Stdin::Empty,
+        &["--admin", &admin_arg, "--no-cache", "--drain-timeout", "30"],
+    );
+    assert!(sink.wait_for_log("admin endpoint on", Duration::from_secs(30)));
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm junk").unwrap();
+    let (status, answer) = swap(admin, &junk);
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("every sink keeps its version"), "{answer}");
+    let (status, answer) = swap(admin, Path::new("/nonexistent/v9.wasm"));
+    assert_eq!(status, 409, "{answer}");
+    // A component that cannot read the running one's state: refused by it,
+    // the running version goes on.
+    let alien = harness::build_wasm(
+        "tests/hostile/Cargo.toml",
+        "influx-sink-hostile",
+        "trap3",
+        "hostile",
+        &dir.path().join("alien.wasm"),
+    );
+    let (status, answer) = swap(admin, &alien);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.contains("refused the state") && answer.contains("keeps running"),
+        "{answer}"
+    );
+    let (code, stderr) = sink.wait();
+    assert_eq!(code, Some(0), "{}", harness::tail(&stderr, 20));
+    assert_eq!(sink.summary().delivered, 20_000);
+    assert_eq!(influx.count("refuse", MEASUREMENT, "seq"), 20_000);
+}
