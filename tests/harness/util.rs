@@ -178,6 +178,7 @@ pub fn build_wasm(
         .args([
             "build",
             "--release",
+            "--locked",
             "--target",
             "wasm32-wasip2",
             "-p",
