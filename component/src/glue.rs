@@ -545,11 +545,7 @@ impl GuestSink for Sink {
         let d = self.inner.borrow();
         let mut lineage = d.lineage.clone();
         lineage.push(snapshot::BUILD_VERSION.to_string());
-        snapshot::encode(&snapshot::State {
-            settings: d.policy.settings().clone(),
-            carried: d.policy.carry(now()),
-            lineage,
-        })
+        snapshot::encode(d.policy.settings(), &d.policy.carry(now()), &lineage)
     }
 }
 

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::point::Point;
 use crate::policy::Carried;
 
 #[cfg(not(feature = "next"))]
@@ -42,11 +43,11 @@ pub struct State {
     pub lineage: Vec<String>,
 }
 
-/// State version 1 on the wire.
+/// State version 1 on the wire (written from borrowed points, read owned).
 #[derive(Serialize, Deserialize)]
-struct Base {
-    settings: Settings,
-    carried: Carried,
+struct Base<S, P> {
+    settings: S,
+    carried: Carried<P>,
 }
 
 /// What state version 2 adds.
@@ -56,21 +57,24 @@ struct Ext2 {
     lineage: Vec<String>,
 }
 
-pub fn encode(state: &State) -> Vec<u8> {
-    let mut out = STATE_VERSION.to_le_bytes().to_vec();
+/// Encode a state from its parts, without copying the points first: the
+/// buffer is sized once (a snapshot of big batches must fit the memory cap).
+pub fn encode(settings: &Settings, carried: &Carried<&Point>, lineage: &[String]) -> Vec<u8> {
+    let base = Base { settings, carried: carried.clone() };
+    let size = postcard::experimental::serialized_size(&base).expect("state encodes");
+    let mut out = Vec::with_capacity(4 + size + 64 * (lineage.len() + 1));
+    out.extend(STATE_VERSION.to_le_bytes());
     out.extend(MIN_READER.to_le_bytes());
-    let base = Base {
-        settings: state.settings.clone(),
-        carried: state.carried.clone(),
-    };
-    out.extend(postcard::to_allocvec(&base).expect("state encodes"));
+    let out = postcard::to_extend(&base, out).expect("state encodes");
     #[cfg(feature = "next")]
-    out.extend(
-        postcard::to_allocvec(&Ext2 {
-            lineage: state.lineage.clone(),
-        })
-        .expect("state encodes"),
-    );
+    let out = postcard::to_extend(
+        &Ext2 {
+            lineage: lineage.to_vec(),
+        },
+        out,
+    )
+    .expect("state encodes");
+    let _ = lineage;
     out
 }
 
@@ -88,7 +92,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     }
     let damaged =
         |e: postcard::Error| format!("snapshot (state version {version}) is damaged: {e}");
-    let (base, rest): (Base, &[u8]) = postcard::take_from_bytes(&bytes[4..]).map_err(damaged)?;
+    let (base, rest): (Base<Settings, Point>, &[u8]) =
+        postcard::take_from_bytes(&bytes[4..]).map_err(damaged)?;
     #[allow(unused_mut)]
     let mut state = State {
         settings: base.settings,
@@ -110,7 +115,6 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
 mod tests {
     use super::*;
     use crate::backlog::memory::MemoryBacklog;
-    use crate::point::Point;
     use crate::policy::Policy;
 
     fn state() -> State {
@@ -126,15 +130,19 @@ mod tests {
         );
         State {
             settings: Settings::defaults("o"),
-            carried: p.carry(0),
+            carried: p.carry(0).to_owned(),
             lineage: Vec::new(),
         }
+    }
+
+    fn bytes(s: &State) -> Vec<u8> {
+        encode(&s.settings, &s.carried.as_refs(), &s.lineage)
     }
 
     #[test]
     fn round_trip_and_version_check() {
         let s = state();
-        let bytes = encode(&s);
+        let bytes = bytes(&s);
         assert_eq!(decode(&bytes).unwrap(), s);
         assert_eq!(decode(&bytes).unwrap().carried.points.len(), 1);
         // A state that only builds reading version 9 may read: refused.
@@ -156,6 +164,6 @@ mod tests {
     fn next_keeps_its_extra_field() {
         let mut s = state();
         s.lineage = vec!["0.1.0".into()];
-        assert_eq!(decode(&encode(&s)).unwrap().lineage, s.lineage);
+        assert_eq!(decode(&bytes(&s)).unwrap().lineage, s.lineage);
     }
 }

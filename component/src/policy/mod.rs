@@ -29,6 +29,10 @@ pub type Instant = u64;
 /// Full batches held in memory while connected before they go to the
 /// backlog: bounds memory when the server is slow but up.
 const MAX_READY_BATCHES: usize = 4;
+/// The same bound in bytes, for large batches of large points: memory is
+/// capped per instance (`max_memory_mb`), and a snapshot needs about twice
+/// what is held.
+const MAX_READY_BYTES: usize = 8 << 20;
 
 /// Where the points of an in-flight write live.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,12 +109,13 @@ enum Conn {
     },
 }
 
-/// What `Policy::carry` hands to a successor instance.
+/// What `Policy::carry` hands to a successor instance: points borrowed
+/// when written (`Carried<&Point>`), owned when read; the same bytes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Carried {
+pub struct Carried<P = Point> {
     pub counters: Counters,
     /// Accepted points not in the backlog, oldest first.
-    pub points: Vec<Point>,
+    pub points: Vec<P>,
     pub conn: CarriedConn,
     pub streak: u32,
     pub active: u32,
@@ -127,6 +132,47 @@ pub enum CarriedConn {
     Connected,
     Connecting { attempt: u32 },
     BackingOff { attempt: u32, in_ns: u64 },
+}
+
+impl<P: Clone> Carried<P> {
+    /// The same with `f` applied to each point.
+    fn map_points<Q>(&self, f: impl FnMut(&P) -> Q) -> Carried<Q> {
+        Carried {
+            counters: self.counters.clone(),
+            points: self.points.iter().map(f).collect(),
+            conn: self.conn,
+            streak: self.streak,
+            active: self.active,
+            health: self.health.clone(),
+            since_check_ns: self.since_check_ns,
+            batch_age_ns: self.batch_age_ns,
+            outage_logged: self.outage_logged,
+            auth_failing: self.auth_failing,
+        }
+    }
+}
+
+impl Carried<&Point> {
+    pub fn to_owned(&self) -> Carried {
+        self.map_points(|p| (*p).clone())
+    }
+}
+
+impl Carried {
+    pub fn as_refs(&self) -> Carried<&Point> {
+        Carried {
+            counters: self.counters.clone(),
+            points: self.points.iter().collect(),
+            conn: self.conn,
+            streak: self.streak,
+            active: self.active,
+            health: self.health.clone(),
+            since_check_ns: self.since_check_ns,
+            batch_age_ns: self.batch_age_ns,
+            outage_logged: self.outage_logged,
+            auth_failing: self.auth_failing,
+        }
+    }
 }
 
 /// One server's record, for failover across `urls`.
@@ -292,23 +338,30 @@ impl<B: Backlog> Policy<B> {
     /// What lives only in memory, for a snapshot: counters and the points
     /// not yet in the backlog, oldest first.
     pub fn memory_state(&self) -> (Counters, Vec<Point>) {
+        let points = self.memory_points().into_iter().cloned().collect();
+        (self.counters.clone(), points)
+    }
+
+    /// The points only in memory, oldest first, borrowed (a snapshot of a
+    /// large batch must not need twice its memory).
+    fn memory_points(&self) -> Vec<&Point> {
         let mut points = Vec::new();
         if let Some(rw) = self.rework.as_ref().filter(|r| !r.in_backlog) {
-            points.extend(rw.points().cloned());
+            points.extend(rw.points());
         }
         if let Some(InFlight {
             what: Flight::Write(Source::Memory(p)),
             ..
         }) = &self.in_flight
         {
-            points.extend(p.iter().cloned());
+            points.extend(p.iter());
         }
-        points.extend(self.storage.held().cloned());
+        points.extend(self.storage.held());
         for b in &self.ready {
-            points.extend(b.iter().cloned());
+            points.extend(b.iter());
         }
-        points.extend(self.batch.iter().cloned());
-        (self.counters.clone(), points)
+        points.extend(self.batch.iter());
+        points
     }
 
     /// Take over the memory state of an earlier instance (see
@@ -323,12 +376,11 @@ impl<B: Backlog> Policy<B> {
     /// carry on where this one stops: counters, points only in memory,
     /// connection and backoff state. Times are kept as durations from
     /// `now`, so the successor's clock origin does not matter.
-    pub fn carry(&self, now: Instant) -> Carried {
-        let (counters, points) = self.memory_state();
+    pub fn carry(&self, now: Instant) -> Carried<&Point> {
         let left = |t: Instant| t.saturating_sub(now);
         Carried {
-            counters,
-            points,
+            counters: self.counters.clone(),
+            points: self.memory_points(),
             conn: match self.conn {
                 Conn::Connected => CarriedConn::Connected,
                 Conn::Connecting { attempt } => CarriedConn::Connecting { attempt },
@@ -728,7 +780,8 @@ impl<B: Backlog> Policy<B> {
         let batch = std::mem::take(&mut self.batch);
         if self.conn == Conn::Connected {
             self.ready.push_back(batch);
-            if self.ready.len() > MAX_READY_BATCHES {
+            let held: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
+            if self.ready.len() > MAX_READY_BATCHES || (self.ready.len() > 1 && held > MAX_READY_BYTES) {
                 // The server is slower than the input: keep order by moving
                 // the in-flight batch and the oldest ready one to the backlog.
                 self.spill_in_flight();

@@ -566,7 +566,7 @@ fn a_successor_carries_on_the_backoff_schedule_and_the_points() {
     sim.write(points(0..25));
     sim.run_until(secs(7.0));
     // Swap: the old instance's carry, a new policy over the same backlog.
-    let carried = sim.policy.carry(sim.now);
+    let carried = sim.policy.carry(sim.now).to_owned();
     assert_eq!(carried.points.len(), 5, "the batch being filled");
     let (now, wall) = (sim.now, sim.wall());
     let old = std::mem::replace(
