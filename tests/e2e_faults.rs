@@ -7,6 +7,7 @@
 //! Run: `cargo test --release --test e2e_faults`
 
 use std::path::Path;
+use std::time::Duration;
 
 use harness::{
     now_ns, output_section, write_config, Fault, FaultProxy, Influxd, InfluxdOptions, Match, Sink,
@@ -335,4 +336,56 @@ fn https_with_a_private_ca() {
         "{}",
         harness::tail(&stderr, 20)
     );
+}
+
+#[test]
+fn sighup_reloads_fixed_credentials_without_a_restart() {
+    Sink::require_built();
+    let influx = Influxd::start_with(InfluxdOptions::default().with_auth("admin", "s3cret"));
+    influx.create_database("reload");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let section = |password: &str| {
+        output_section(
+            "secured",
+            influx.port(),
+            "reload",
+            &keys(&[("username", "admin"), ("password", password)]),
+        )
+    };
+    let config = write_config(dir.path(), &section("wrong"));
+    let mut sink = Sink::spawn_with(
+        &config,
+        Stdin::Pipe,
+        &["--drain-timeout", "30", "--no-watch"],
+    );
+    sink.write_stdin(&input());
+    assert!(
+        sink.wait_for_log("Authentication failed", Duration::from_secs(30)),
+        "{}",
+        sink.stderr_tail(20)
+    );
+    write_config(dir.path(), &section("s3cret"));
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(sink.pid() as i32, libc::SIGHUP) }, 0);
+    assert!(
+        sink.wait_for_log(
+            "reopened with the reloaded settings",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        sink.stderr_tail(20)
+    );
+    assert!(
+        harness::wait_until(Duration::from_secs(30), || influx
+            .count("reload", "m", "seq")
+            == N),
+        "{} points in InfluxDB\n{}",
+        influx.count("reload", "m", "seq"),
+        sink.stderr_tail(20)
+    );
+    sink.close_stdin();
+    let (code, stderr) = sink.wait();
+    assert_eq!(code, Some(0), "{}", harness::tail(&stderr, 20));
+    let s = sink.summary();
+    assert_eq!((s.accepted, s.delivered, s.dropped), (N, N, 0), "{s:?}");
 }

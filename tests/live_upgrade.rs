@@ -197,57 +197,82 @@ fn swapping_back_and_forth_under_load_and_an_outage_loses_nothing() {
 fn a_bad_component_is_refused_and_the_running_version_stays() {
     Sink::require_built();
     let dir = tempfile::tempdir().expect("temp dir");
+    // Built first: the sink runs while the swaps are tried.
+    let hostile = |feature: &str| {
+        harness::build_wasm(
+            "tests/hostile/Cargo.toml",
+            "influx-sink-hostile",
+            feature,
+            "hostile",
+            &dir.path().join(format!("{feature}.wasm")),
+        )
+    };
+    // Cannot read the running one's state (its restore refuses).
+    let alien = hostile("trap3");
+    // Takes the state, then traps on its first call.
+    let broken = hostile("fail_after_restore");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm junk").unwrap();
     let influx = Influxd::start();
-    // A file that is not a component, and a missing one: refused, and the
-    // running version goes on.
     let admin = harness::free_port();
     let config = write_config(
         dir.path(),
-        &format!(
-            "{}{}",
-            generator_section(20_000, 10_000, &[("measurement", MEASUREMENT)]),
-            output_section(
-                "influx",
-                influx.port(),
-                "refuse",
-                &[
-                    ("persistent_storage_path", "backlog"),
-                    ("batch_timeout", "0.1")
-                ],
-            )
+        &output_section(
+            "influx",
+            influx.port(),
+            "refuse",
+            &[
+                ("persistent_storage_path", "backlog"),
+                ("batch_size", "1000"),
+                ("batch_timeout", "0.1"),
+                ("max_backlog_size", "1000000"),
+            ],
         ),
     );
     let admin_arg = admin.to_string();
     let mut sink = Sink::spawn_with(
         &config,
-        Stdin::Empty,
+        Stdin::Pipe,
         &["--admin", &admin_arg, "--no-cache", "--drain-timeout", "30"],
     );
     assert!(sink.wait_for_log("admin endpoint on", Duration::from_secs(30)));
-    let junk = dir.path().join("junk.wasm");
-    std::fs::write(&junk, b"\0asm junk").unwrap();
-    let (status, answer) = swap(admin, &junk);
-    assert_eq!(status, 409, "{answer}");
-    assert!(answer.contains("every sink keeps its version"), "{answer}");
-    let (status, answer) = swap(admin, Path::new("/nonexistent/v9.wasm"));
-    assert_eq!(status, 409, "{answer}");
-    // A component that cannot read the running one's state: refused by it,
-    // the running version goes on.
-    let alien = harness::build_wasm(
-        "tests/hostile/Cargo.toml",
-        "influx-sink-hostile",
-        "trap3",
-        "hostile",
-        &dir.path().join("alien.wasm"),
+    let ts0 = harness::now_ns() - 60_000_000_000;
+    let batch = |from: u64| -> Vec<u8> {
+        (from..from + 5_000)
+            .map(|i| harness::point_line(MEASUREMENT, i, ts0 + i as i64 * 1000))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let mut sent = 0;
+    let mut expect_refusal = |path: &Path, needles: &[&str]| {
+        sink.write_stdin(&batch(sent));
+        sent += 5_000;
+        let (status, answer) = swap(admin, path);
+        assert_eq!(status, 409, "{answer}");
+        for n in needles {
+            assert!(answer.contains(n), "no `{n}` in {answer}");
+        }
+    };
+    expect_refusal(&junk, &["every sink keeps its version"]);
+    expect_refusal(Path::new("/nonexistent/v9.wasm"), &["No such file"]);
+    expect_refusal(&alien, &["refused the state", "keeps running"]);
+    expect_refusal(
+        &broken,
+        &[
+            "failed on its first calls",
+            "restored from the same snapshot",
+        ],
     );
-    let (status, answer) = swap(admin, &alien);
-    assert_eq!(status, 409, "{answer}");
-    assert!(
-        answer.contains("refused the state") && answer.contains("keeps running"),
-        "{answer}"
-    );
+    sink.write_stdin(&batch(sent));
+    sent += 5_000;
+    sink.close_stdin();
     let (code, stderr) = sink.wait();
     assert_eq!(code, Some(0), "{}", harness::tail(&stderr, 20));
-    assert_eq!(sink.summary().delivered, 20_000);
-    assert_eq!(influx.count("refuse", MEASUREMENT, "seq"), 20_000);
+    let s = sink.summary();
+    assert_eq!(
+        (s.accepted, s.delivered, s.dropped),
+        (sent, sent, 0),
+        "{s:?}"
+    );
+    assert_eq!(influx.count("refuse", MEASUREMENT, "seq"), sent);
 }

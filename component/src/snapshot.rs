@@ -60,7 +60,10 @@ struct Ext2 {
 /// Encode a state from its parts, without copying the points first: the
 /// buffer is sized once (a snapshot of big batches must fit the memory cap).
 pub fn encode(settings: &Settings, carried: &Carried<&Point>, lineage: &[String]) -> Vec<u8> {
-    let base = Base { settings, carried: carried.clone() };
+    let base = Base {
+        settings,
+        carried: carried.clone(),
+    };
     let size = postcard::experimental::serialized_size(&base).expect("state encodes");
     let mut out = Vec::with_capacity(4 + size + 64 * (lineage.len() + 1));
     out.extend(STATE_VERSION.to_le_bytes());

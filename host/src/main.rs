@@ -7,6 +7,7 @@ use std::time::Duration;
 use influx_sink_host::config::{self, PipelineSpec};
 use influx_sink_host::pipeline::{self, RunOptions};
 use influx_sink_host::runtime::Runtime;
+use influx_sink_host::swap::ReconfigRequest;
 use influx_sink_host::{admin, log, precompile, sandbox, simulate};
 
 const USAGE: &str = "usage:
@@ -276,6 +277,65 @@ fn cmd_swap(raw: &[String]) -> ExitCode {
     }
 }
 
+/// SIGHUP: read the config again; each running output whose settings
+/// changed reopens with the new ones. Outputs added or removed need a
+/// restart; an invalid file changes nothing.
+async fn reload_config(
+    path: &Path,
+    running: &mut [(config::OutputSpec, sandbox::Limits)],
+    tx: &tokio::sync::mpsc::Sender<ReconfigRequest>,
+) {
+    let spec = match config::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error("host", &format!("SIGHUP: {e}; the running settings stay"));
+            return;
+        }
+    };
+    for (output, sandbox) in spec.outputs.iter().zip(&spec.sandboxes) {
+        let name = &output.settings.name;
+        let Some(slot) = running.iter_mut().find(|(o, _)| &o.settings.name == name) else {
+            log::warn(
+                "host",
+                &format!("SIGHUP: [{name}] is new; adding an output needs a restart"),
+            );
+            continue;
+        };
+        if slot.0.pairs == output.pairs && slot.1 == sandbox.limits {
+            continue;
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let req = ReconfigRequest {
+            output: output.clone(),
+            limits: sandbox.limits,
+            reply,
+        };
+        if tx.send(req).await.is_err() {
+            return;
+        }
+        match answer.await {
+            Ok(Ok(_)) => *slot = (output.clone(), sandbox.limits),
+            Ok(Err(why)) => log::error(name, &format!("SIGHUP: {why}")),
+            Err(_) => {}
+        }
+    }
+    for (o, _) in running.iter() {
+        if !spec
+            .outputs
+            .iter()
+            .any(|n| n.settings.name == o.settings.name)
+        {
+            log::warn(
+                "host",
+                &format!(
+                    "SIGHUP: [{}] is gone from the config; removing an output needs a restart",
+                    o.settings.name
+                ),
+            );
+        }
+    }
+}
+
 fn cmd_run(raw: &[String]) -> ExitCode {
     let args = match parse_args(
         raw,
@@ -348,15 +408,26 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         if !args.has("--no-watch") {
             tokio::spawn(admin::watch_files(files.clone(), swap_tx.clone(), stop_rx.clone()));
         }
-        // SIGHUP: load every component file again (a changed one is swapped in).
+        // SIGHUP: reload the config (sinks whose settings changed reopen
+        // with them) and every component file (swapped in).
         let hup_tx = swap_tx.clone();
+        let (reconfig_tx, reconfig_rx) = tokio::sync::mpsc::channel(4);
+        let config_path = PathBuf::from(&args.positional[0]);
+        let running: Vec<(config::OutputSpec, sandbox::Limits)> = spec
+            .outputs
+            .iter()
+            .cloned()
+            .zip(spec.sandboxes.iter().map(|s| s.limits))
+            .collect();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
                 return;
             };
+            let mut running = running;
             while hup.recv().await.is_some() {
-                log::info("host", "SIGHUP: reloading the sink component(s)");
+                log::info("host", "SIGHUP: reloading the config and the sink component(s)");
+                reload_config(&config_path, &mut running, &reconfig_tx).await;
                 for f in &files {
                     let report = admin::request_swap(&hup_tx, f.clone(), Some(f.clone()), "SIGHUP").await;
                     for line in report.lines {
@@ -382,6 +453,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         let opts = RunOptions {
             drain_timeout: drain,
             swaps: Some(swap_rx),
+            reconfigs: Some(reconfig_rx),
             cache,
         };
         match pipeline::run(runtimes, spec, opts, stop_rx).await {

@@ -28,7 +28,7 @@ use crate::generator::{Generator, GeneratorSpec};
 use crate::log;
 use crate::runtime::{Runtime, SinkInstance};
 use crate::sandbox::{Backoff, Fault, Limits};
-use crate::swap::{self, SinkHandle, SwapCmd, Swapped};
+use crate::swap::{self, ReconfigRequest, SinkHandle, SwapCmd, Swapped};
 
 /// Chunks in flight between the source and each sink.
 const QUEUE_CHUNKS: usize = 16;
@@ -68,6 +68,8 @@ pub struct RunOptions {
     /// Live-upgrade requests (admin endpoint, file watcher, SIGHUP), and
     /// the compile cache for the new components.
     pub swaps: Option<mpsc::Receiver<SwapRequest>>,
+    /// Config reloads: new settings for a running sink.
+    pub reconfigs: Option<mpsc::Receiver<ReconfigRequest>>,
     pub cache: Option<std::path::PathBuf>,
 }
 
@@ -96,6 +98,7 @@ pub async fn run(
             limits: sandbox.limits,
             runtime,
             drain_timeout: opts.drain_timeout,
+            retired: Summary::default(),
         };
         sinks.push((ctx, instance));
     }
@@ -122,9 +125,9 @@ pub async fn run(
             stop.clone(),
         )));
     }
-    let dispatcher = match (opts.swaps, engine) {
-        (Some(requests), Some(engine)) => Some(tokio::spawn(swap::dispatch(
-            requests, handles, engine, opts.cache,
+    let dispatcher = match (opts.swaps, opts.reconfigs, engine) {
+        (Some(requests), Some(reconfigs), Some(engine)) => Some(tokio::spawn(swap::dispatch(
+            requests, reconfigs, handles, engine, opts.cache,
         ))),
         _ => None,
     };
@@ -236,6 +239,8 @@ struct SinkCtx {
     limits: Limits,
     runtime: Runtime,
     drain_timeout: Duration,
+    /// Counters of instances closed by a config reload.
+    retired: Summary,
 }
 
 /// A sink's input, which outlives its instances.
@@ -418,6 +423,7 @@ async fn sink_task(
         }
     }
     let mut summary = ledger.gone;
+    summary.add(&ctx.retired);
     match &closing {
         Some(st) => summary.add(&Summary {
             accepted: st.accepted,
@@ -659,6 +665,73 @@ async fn drive(
     }
 }
 
+/// New settings: shut the old instance down (its memory goes to the
+/// backlog) and open a new one with them; if that fails, open again with
+/// the old settings.
+async fn reopen(
+    ctx: &mut SinkCtx,
+    sink: &mut SinkInstance,
+    seen: &mut Seen,
+    output: OutputSpec,
+    limits: Limits,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<String, String>>,
+) -> std::result::Result<(), Crash> {
+    sink.shutdown().await.map_err(|e| crash(sink, e))?;
+    let st = sink.stats().await.map_err(|e| crash(sink, e))?;
+    let (fresh, kept) = match ctx.runtime.instantiate_sandboxed(&output, &limits).await {
+        Ok(fresh) => (fresh, None),
+        Err(e) => {
+            let why = format!("the new settings could not be opened: {e:#}");
+            match ctx
+                .runtime
+                .instantiate_sandboxed(&ctx.output, &ctx.limits)
+                .await
+            {
+                Ok(again) => (again, Some(why + "; the old settings go on")),
+                Err(e2) => {
+                    let _ = reply.send(Err(why.clone()));
+                    return Err(Crash {
+                        fault: Fault::Other {
+                            call: crate::sandbox::Call::Open,
+                            error: format!(
+                                "{why}; reopening with the old settings failed too: {e2:#}"
+                            ),
+                        },
+                        chunk: None,
+                    });
+                }
+            }
+        }
+    };
+    let old = std::mem::replace(sink, fresh);
+    let _ = old.close().await;
+    // The old instance's counters end here; its pending points are in the
+    // backlog, which the new instance reports.
+    ctx.retired.add(&Summary {
+        accepted: st.accepted,
+        delivered: st.delivered,
+        backlogged: 0,
+        dropped: st.dropped,
+        rejected: st.rejected,
+    });
+    seen.stats = None;
+    seen.accepted_since = 0;
+    match kept {
+        None => {
+            let line = "reopened with the reloaded settings".to_string();
+            log::info(&ctx.name, &line);
+            ctx.output = output;
+            ctx.limits = limits;
+            let _ = reply.send(Ok(line));
+        }
+        Some(why) => {
+            log::error(&ctx.name, &why);
+            let _ = reply.send(Err(why));
+        }
+    }
+    Ok(())
+}
+
 /// The next swap for this sink; pending forever once none can come.
 async fn next_swap(swaps: &mut Option<mpsc::Receiver<SwapCmd>>) -> SwapCmd {
     if let Some(rx) = swaps.as_mut() {
@@ -678,11 +751,18 @@ async fn swap_to(
     seen: &mut Seen,
     cmd: SwapCmd,
 ) -> std::result::Result<(), Crash> {
-    let SwapCmd {
-        runtime,
-        prepared,
-        reply,
-    } = cmd;
+    let (runtime, prepared, reply) = match cmd {
+        SwapCmd::Component {
+            runtime,
+            prepared,
+            reply,
+        } => (runtime, prepared, reply),
+        SwapCmd::Settings {
+            output,
+            limits,
+            reply,
+        } => return reopen(ctx, sink, seen, *output, limits, reply).await,
+    };
     let outcome = swap::swap_instance(
         &ctx.name,
         &ctx.output,
@@ -690,7 +770,7 @@ async fn swap_to(
         &ctx.runtime,
         sink,
         &runtime,
-        prepared,
+        *prepared,
     )
     .await;
     match outcome {
@@ -698,7 +778,7 @@ async fn swap_to(
             log::info(&ctx.name, &line);
             seen.stats = Some(stats);
             seen.accepted_since = 0;
-            ctx.runtime = runtime;
+            ctx.runtime = *runtime;
             let _ = reply.send(Ok(line));
             Ok(())
         }

@@ -21,10 +21,29 @@ use crate::log;
 use crate::runtime::{Prepared, Runtime, SinkInstance};
 use crate::sandbox::Limits;
 
-/// A swap for one sink's task: the new runtime and its prepared instance.
-pub struct SwapCmd {
-    pub runtime: Runtime,
-    pub prepared: Prepared,
+/// What a sink's task is asked to change, between two calls.
+pub enum SwapCmd {
+    /// Another component: its runtime and a prepared instance.
+    Component {
+        runtime: Box<Runtime>,
+        prepared: Box<Prepared>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Other settings for the same component (a config reload): the old
+    /// instance shuts down (its memory goes to the backlog) and a new one
+    /// opens with these.
+    Settings {
+        output: Box<OutputSpec>,
+        limits: Limits,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// New settings for the sink called `name` (SIGHUP config reload).
+#[derive(Debug)]
+pub struct ReconfigRequest {
+    pub output: OutputSpec,
+    pub limits: Limits,
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -136,11 +155,44 @@ pub struct SinkHandle {
 /// Turn swap requests into per-sink swaps, one request at a time.
 pub async fn dispatch(
     mut requests: mpsc::Receiver<SwapRequest>,
+    mut reconfigs: mpsc::Receiver<ReconfigRequest>,
     mut sinks: Vec<SinkHandle>,
     engine: wasmtime::Engine,
     cache: Option<PathBuf>,
 ) {
-    while let Some(req) = requests.recv().await {
+    loop {
+        let req = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            Some(r) = reconfigs.recv() => {
+                let name = r.output.settings.name.clone();
+                let result = match sinks.iter_mut().find(|s| s.name == name) {
+                    None => Err(format!("no running sink [{name}]; adding outputs needs a restart")),
+                    Some(s) => {
+                        let (reply, answer) = oneshot::channel();
+                        let cmd = SwapCmd::Settings {
+                            output: Box::new(r.output.clone()),
+                            limits: r.limits,
+                            reply,
+                        };
+                        if s.tx.send(cmd).await.is_err() {
+                            Err("the sink has stopped".into())
+                        } else {
+                            let result = answer.await.unwrap_or_else(|_| Err("the sink stopped".into()));
+                            if result.is_ok() {
+                                s.output = r.output;
+                                s.limits = r.limits;
+                            }
+                            result
+                        }
+                    }
+                };
+                let _ = r.reply.send(result);
+                continue;
+            }
+        };
         let mut report = SwapReport {
             ok: true,
             lines: Vec::new(),
@@ -191,9 +243,9 @@ pub async fn dispatch(
                     Err(e) => Err(format!("cannot instantiate the new component: {e:#}")),
                     Ok(prepared) => {
                         let (reply, answer) = oneshot::channel();
-                        let cmd = SwapCmd {
-                            runtime: runtime.clone(),
-                            prepared,
+                        let cmd = SwapCmd::Component {
+                            runtime: Box::new(runtime.clone()),
+                            prepared: Box::new(prepared),
                             reply,
                         };
                         if s.tx.send(cmd).await.is_err() {

@@ -781,7 +781,9 @@ impl<B: Backlog> Policy<B> {
         if self.conn == Conn::Connected {
             self.ready.push_back(batch);
             let held: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
-            if self.ready.len() > MAX_READY_BATCHES || (self.ready.len() > 1 && held > MAX_READY_BYTES) {
+            if self.ready.len() > MAX_READY_BATCHES
+                || (self.ready.len() > 1 && held > MAX_READY_BYTES)
+            {
                 // The server is slower than the input: keep order by moving
                 // the in-flight batch and the oldest ready one to the backlog.
                 self.spill_in_flight();

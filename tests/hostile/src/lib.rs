@@ -161,6 +161,9 @@ impl GuestSink for Sink {
     }
 
     fn restore(_snapshot: Vec<u8>) -> Result<wit::Sink, String> {
+        #[cfg(feature = "fail_after_restore")]
+        return Self::open("restored".into(), Vec::new());
+        #[allow(unreachable_code)]
         Err("a hostile sink cannot restore".into())
     }
 
@@ -223,6 +226,9 @@ impl GuestSink for Sink {
     }
 
     fn poll(&self) -> u64 {
+        #[cfg(feature = "fail_after_restore")]
+        panic!("fail_after_restore: poll traps on purpose");
+        #[allow(unreachable_code)]
         100_000_000
     }
 
