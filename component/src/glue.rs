@@ -78,7 +78,9 @@ fn emit(name: &str, level: Level, message: &str) {
 }
 
 /// The sink's backlog, and the points its recovery found lost to damage.
-fn open_backlog(s: &Settings) -> Result<(Box<dyn Backlog>, u64), String> {
+/// `trusted`: a live predecessor used the backlog until now (a swap), so
+/// checksums are left to the reads (see `FileBacklog::open_trusted`).
+fn open_backlog(s: &Settings, trusted: bool) -> Result<(Box<dyn Backlog>, u64), String> {
     if !s.enable_persistent_storage {
         return Ok((Box::new(MemoryBacklog::new()), 0));
     }
@@ -88,7 +90,13 @@ fn open_backlog(s: &Settings) -> Result<(Box<dyn Backlog>, u64), String> {
         BacklogSync::Batch | BacklogSync::IntervalMs(_) => SyncMode::Batch,
         BacklogSync::Never => SyncMode::Never,
     };
-    let (mut backlog, report) = FileBacklog::open(std::path::Path::new(BACKLOG_DIR), mode).map_err(|e| {
+    let dir = std::path::Path::new(BACKLOG_DIR);
+    let opened = if trusted {
+        FileBacklog::open_trusted(dir, mode)
+    } else {
+        FileBacklog::open(dir, mode)
+    };
+    let (mut backlog, report) = opened.map_err(|e| {
         format!("[{}] persistent storage is enabled but the backlog directory {BACKLOG_DIR} is not usable: {e}", s.name)
     })?;
     // Space is freed a segment at a time: keep segments small against the limit.
@@ -103,8 +111,8 @@ fn open_backlog(s: &Settings) -> Result<(Box<dyn Backlog>, u64), String> {
 }
 
 impl Driver {
-    fn new(settings: Settings) -> Result<Self, String> {
-        let (backlog, lost) = open_backlog(&settings)?;
+    fn new(settings: Settings, trusted: bool) -> Result<Self, String> {
+        let (backlog, lost) = open_backlog(&settings, trusted)?;
         let name = settings.name.clone();
         let dead = settings.enable_persistent_storage.then(|| {
             DeadLetterFile::new(
@@ -436,7 +444,7 @@ impl GuestSink for Sink {
                 &format!("unknown key `{key}` is ignored"),
             );
         }
-        let driver = Driver::new(settings)?;
+        let driver = Driver::new(settings, false)?;
         Ok(wit::Sink::new(Sink {
             inner: RefCell::new(driver),
         }))
@@ -448,7 +456,7 @@ impl GuestSink for Sink {
 
     fn restore(bytes: Vec<u8>) -> Result<wit::Sink, String> {
         let state = snapshot::decode(&bytes)?;
-        let mut driver = Driver::new(state.settings)?;
+        let mut driver = Driver::new(state.settings, true)?;
         driver.policy.resume(state.carried, now(), wall());
         driver.lineage = state.lineage;
         driver.drain_outputs();
