@@ -1874,7 +1874,10 @@ mod tests {
         let e = b.peek(1000).unwrap_err();
         assert!(e.to_string().contains("dropped its 5 points"), "{e}");
         let got = drain(&mut b, 1000);
-        assert!(!got.contains(&5) && got.contains(&4) && got.contains(&10), "{got:?}");
+        assert!(
+            !got.contains(&5) && got.contains(&4) && got.contains(&10),
+            "{got:?}"
+        );
         assert_eq!(got.len(), 195);
         // A plain open would have found it at once.
         let d2 = TestDir::new("untrusted");
