@@ -709,3 +709,69 @@ fn run_performs_periodic_reconnects_while_input_is_open() {
     );
     assert_eq!(influx.count(DB, MEASUREMENT, "seq"), 10);
 }
+
+// ----- compile and the compile cache -----
+
+#[test]
+fn compile_once_then_start_from_the_cache_or_a_cwasm() {
+    Sink::require_built();
+    let influx = Influxd::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let component = harness::component_path();
+    let cwasm = d.join("sink.cwasm");
+    let out = cli(
+        &["compile", path_str(&component), "-o", path_str(&cwasm)],
+        d,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("compiled "), "{}", out.describe());
+    assert!(cwasm.metadata().expect("the .cwasm").len() > 0);
+
+    let config = write_config(
+        d,
+        &output_section(
+            "influx",
+            influx.port(),
+            "cached",
+            &[("persistent_storage_path", "backlog")],
+        ),
+    );
+    let cache = d.join("cache");
+    let run = |component: &Path, cache_args: &[&str]| {
+        let mut args = vec![
+            "run",
+            path_str(&config),
+            "--component",
+            path_str(component),
+            "--no-watch",
+            "--drain-timeout",
+            "10",
+        ];
+        args.extend_from_slice(cache_args);
+        let out = cli(&args, d);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        out.stderr
+    };
+    let with_cache = ["--cache-dir", path_str(&cache)];
+    let first = run(&component, &with_cache);
+    assert!(first.contains("compiled, cached as"), "{first}");
+    let second = run(&component, &with_cache);
+    assert!(second.contains("from the compile cache"), "{second}");
+    let third = run(&cwasm, &["--no-cache"]);
+    assert!(third.contains("precompiled (.cwasm)"), "{third}");
+    // A damaged cache entry is noticed, dropped and rebuilt.
+    let entry = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("a cache entry");
+    std::fs::write(&entry, b"not compiled code").expect("damage the entry");
+    let fourth = run(&component, &with_cache);
+    assert!(fourth.contains("compiled, cached as"), "{fourth}");
+    // A file that is not a component: refused with its name.
+    let junk = write_named(d, "junk.wasm", "junk");
+    let out = cli(&["compile", path_str(&junk), "-o", path_str(&cwasm)], d);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("junk.wasm"), "{}", out.describe());
+}

@@ -52,8 +52,26 @@ impl Runtime {
     /// Like [`Runtime::load_in`], through the compile cache in `cache`
     /// (see `precompile`); `path` may also be a `.cwasm`.
     pub fn load_cached(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Runtime> {
+        let began = std::time::Instant::now();
         let loaded = precompile::load(engine, path, cache)
             .with_context(|| format!("cannot load the sink component {}", path.display()))?;
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        let how = match &loaded.origin {
+            precompile::Origin::Precompiled => "precompiled (.cwasm)".to_string(),
+            precompile::Origin::Cached(f) => format!("from the compile cache {}", f.display()),
+            precompile::Origin::Compiled { cached_to: Some(f) } => {
+                format!("compiled, cached as {}", f.display())
+            }
+            precompile::Origin::Compiled { cached_to: None } => "compiled".to_string(),
+        };
+        crate::log::info(
+            "host",
+            &format!(
+                "loaded the sink component {} (sha256 {}…) {how} in {ms:.1} ms",
+                path.display(),
+                &loaded.hash[..12]
+            ),
+        );
         let component = loaded.component;
         let mut linker = Linker::<SinkState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
