@@ -141,6 +141,9 @@ enum LoadError {
 /// A [`Backlog`] in a directory of append-only segment files.
 #[derive(Debug)]
 pub struct FileBacklog {
+    /// Points dropped because their record failed its checks when read,
+    /// not yet reported (`take_read_losses`).
+    read_losses: u64,
     dir: PathBuf,
     sync_mode: SyncMode,
     segment_bytes: u64,
@@ -1116,6 +1119,7 @@ impl FileBacklog {
             dir_dirty: false,
             buf: Vec::new(),
             held: quarantined,
+            read_losses: 0,
         };
         // Points between the cursor and the first intact record are not on
         // disk (lost, or delivered): start at that record, so that a loss is
@@ -1612,13 +1616,17 @@ impl Backlog for FileBacklog {
                     Ok(points) => out.extend(points.into_iter().skip(skip).take(want)),
                     Err(LoadError::Io(msg)) => return Err(err(msg)),
                     Err(LoadError::Corrupt(msg)) => {
+                        let before = self.len();
                         self.drop_record(i);
                         self.skip_to_head();
+                        self.read_losses += before.saturating_sub(self.len());
                         return Err(err(msg));
                     }
                     Err(LoadError::Missing(msg)) => {
+                        let before = self.len();
                         self.forget_segment(r.seg);
                         self.skip_to_head();
+                        self.read_losses += before.saturating_sub(self.len());
                         return Err(err(msg));
                     }
                 },
@@ -1626,6 +1634,10 @@ impl Backlog for FileBacklog {
             i += 1;
         }
         Ok(out)
+    }
+
+    fn take_read_losses(&mut self) -> u64 {
+        std::mem::take(&mut self.read_losses)
     }
 
     fn consume(&mut self, n: u64) -> Result<(), BacklogError> {
@@ -1873,6 +1885,8 @@ mod tests {
         assert_eq!((r.corrupt_records, r.points), (0, 200));
         let e = b.peek(1000).unwrap_err();
         assert!(e.to_string().contains("dropped its 5 points"), "{e}");
+        assert_eq!(b.take_read_losses(), 5, "counted for the caller");
+        assert_eq!(b.take_read_losses(), 0, "once");
         let got = drain(&mut b, 1000);
         assert!(
             !got.contains(&5) && got.contains(&4) && got.contains(&10),

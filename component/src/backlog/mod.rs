@@ -90,6 +90,12 @@ pub trait Backlog {
     /// `stored_at` of the oldest point, if any.
     fn oldest_stored_at(&self) -> Option<i64>;
 
+    /// Points dropped since the last call because their record failed its
+    /// checks when read (damage after open); the caller counts them.
+    fn take_read_losses(&mut self) -> u64 {
+        0
+    }
+
     /// Drop the oldest points until `bytes()` is at most `max_bytes`;
     /// returns how many were dropped. Storage frees space in whole units
     /// (a file segment), so this drops in growing steps until it does,
@@ -139,6 +145,9 @@ impl<B: Backlog + ?Sized> Backlog for Box<B> {
     }
     fn oldest_stored_at(&self) -> Option<i64> {
         (**self).oldest_stored_at()
+    }
+    fn take_read_losses(&mut self) -> u64 {
+        (**self).take_read_losses()
     }
     fn enforce_bytes(&mut self, max_bytes: u64) -> Result<u64, BacklogError> {
         (**self).enforce_bytes(max_bytes)

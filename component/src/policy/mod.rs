@@ -671,7 +671,8 @@ impl<B: Backlog> Policy<B> {
                 (Flight::Write(Source::Piece), req)
             }
             Conn::Connected if !self.storage.is_empty() => {
-                let points = match self.storage.peek(self.s.batch_size as usize) {
+                let max = self.s.batch_size as usize;
+                let points = match self.with_storage(|st, r| st.peek(max, r)) {
                     Ok(p) if !p.is_empty() => p,
                     Ok(_) => return None,
                     Err(e) => {

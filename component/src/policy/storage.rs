@@ -165,8 +165,19 @@ impl<B: Backlog> Storage<B> {
         self.held.iter().flatten()
     }
 
-    pub fn peek(&mut self, max: usize) -> Result<Vec<Point>, crate::backlog::BacklogError> {
-        self.backlog.peek(max)
+    /// The oldest points; records found damaged on the way are dropped
+    /// by the backlog and counted here.
+    pub fn peek(
+        &mut self,
+        max: usize,
+        r: &mut Report,
+    ) -> Result<Vec<Point>, crate::backlog::BacklogError> {
+        let got = self.backlog.peek(max);
+        let lost = self.backlog.take_read_losses();
+        if lost > 0 {
+            r.drops.add(DropReason::Corrupt, lost);
+        }
+        got
     }
 
     /// The `n` head points are out for delivery until `consume_reserved`
