@@ -184,6 +184,16 @@ fn swapping_back_and_forth_under_load_and_an_outage_loses_nothing() {
     );
     assert!(stderr.contains("0.1.0 → 0.1.0-next") && stderr.contains("0.1.0-next → 0.1.0"));
     let pct = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize];
+    // The slowest swaps, with their snapshot time and state size.
+    let worst = p[p.len() - 1];
+    for l in stderr
+        .lines()
+        .filter(|l| l.contains("swapped the sink component"))
+    {
+        if pauses(l).first().is_some_and(|v| *v >= worst * 0.5) {
+            eprintln!("slow swap: {l}");
+        }
+    }
     eprintln!(
         "live upgrade: {} swaps at {RATE} points/s with a 2 s outage; pause p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         p.len(),

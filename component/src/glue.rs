@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use crate::backlog::file::{FileBacklog, SyncMode, DEFAULT_SEGMENT_BYTES};
+use crate::backlog::file::{FileBacklog, IndexHint, SyncMode, DEFAULT_SEGMENT_BYTES};
 use crate::backlog::memory::MemoryBacklog;
 use crate::backlog::Backlog;
 use crate::config::{BacklogSync, Settings, NANOS};
@@ -78,9 +78,13 @@ fn emit(name: &str, level: Level, message: &str) {
 }
 
 /// The sink's backlog, and the points its recovery found lost to damage.
-/// `trusted`: a live predecessor used the backlog until now (a swap), so
-/// checksums are left to the reads (see `FileBacklog::open_trusted`).
-fn open_backlog(s: &Settings, trusted: bool) -> Result<(Box<dyn Backlog>, u64), String> {
+/// `handover`: a live predecessor used the backlog until now (a swap), so
+/// checksums are left to the reads and its index of sealed segments is
+/// reused where the files are unchanged (see `FileBacklog::open_trusted`).
+fn open_backlog(
+    s: &Settings,
+    handover: Option<Option<&IndexHint>>,
+) -> Result<(Box<dyn Backlog>, u64), String> {
     if !s.enable_persistent_storage {
         return Ok((Box::new(MemoryBacklog::new()), 0));
     }
@@ -91,10 +95,9 @@ fn open_backlog(s: &Settings, trusted: bool) -> Result<(Box<dyn Backlog>, u64), 
         BacklogSync::Never => SyncMode::Never,
     };
     let dir = std::path::Path::new(BACKLOG_DIR);
-    let opened = if trusted {
-        FileBacklog::open_trusted(dir, mode)
-    } else {
-        FileBacklog::open(dir, mode)
+    let opened = match handover {
+        Some(hint) => FileBacklog::open_trusted(dir, mode, hint),
+        None => FileBacklog::open(dir, mode),
     };
     let (mut backlog, report) = opened.map_err(|e| {
         format!("[{}] persistent storage is enabled but the backlog directory {BACKLOG_DIR} is not usable: {e}", s.name)
@@ -111,8 +114,8 @@ fn open_backlog(s: &Settings, trusted: bool) -> Result<(Box<dyn Backlog>, u64), 
 }
 
 impl Driver {
-    fn new(settings: Settings, trusted: bool) -> Result<Self, String> {
-        let (backlog, lost) = open_backlog(&settings, trusted)?;
+    fn new(settings: Settings, handover: Option<Option<&IndexHint>>) -> Result<Self, String> {
+        let (backlog, lost) = open_backlog(&settings, handover)?;
         let name = settings.name.clone();
         let dead = settings.enable_persistent_storage.then(|| {
             DeadLetterFile::new(
@@ -444,7 +447,7 @@ impl GuestSink for Sink {
                 &format!("unknown key `{key}` is ignored"),
             );
         }
-        let driver = Driver::new(settings, false)?;
+        let driver = Driver::new(settings, None)?;
         Ok(wit::Sink::new(Sink {
             inner: RefCell::new(driver),
         }))
@@ -456,7 +459,7 @@ impl GuestSink for Sink {
 
     fn restore(bytes: Vec<u8>) -> Result<wit::Sink, String> {
         let state = snapshot::decode(&bytes)?;
-        let mut driver = Driver::new(state.settings, true)?;
+        let mut driver = Driver::new(state.settings, Some(state.backlog_hint.as_ref()))?;
         driver.policy.resume(state.carried, now(), wall());
         driver.lineage = state.lineage;
         driver.drain_outputs();
@@ -553,7 +556,13 @@ impl GuestSink for Sink {
         let d = self.inner.borrow();
         let mut lineage = d.lineage.clone();
         lineage.push(snapshot::BUILD_VERSION.to_string());
-        snapshot::encode(d.policy.settings(), &d.policy.carry(now()), &lineage)
+        let hint = d.policy.backlog().index_hint();
+        snapshot::encode(
+            d.policy.settings(),
+            &d.policy.carry(now()),
+            hint.as_ref(),
+            &lineage,
+        )
     }
 }
 

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backlog::file::IndexHint;
 use crate::config::Settings;
 use crate::point::Point;
 use crate::policy::Carried;
@@ -38,16 +39,19 @@ pub const BUILD_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-next");
 pub struct State {
     pub settings: Settings,
     pub carried: Carried,
+    pub backlog_hint: Option<IndexHint>,
     /// Builds this state went through, oldest first (state version 2; empty
     /// when the writer or the reader is version 1).
     pub lineage: Vec<String>,
 }
 
-/// State version 1 on the wire (written from borrowed points, read owned).
+/// State version 1 on the wire (written from borrowed parts, read owned).
 #[derive(Serialize, Deserialize)]
-struct Base<S, P> {
+struct Base<S, P, H> {
     settings: S,
     carried: Carried<P>,
+    /// The predecessor's backlog index (a hint; see `IndexHint`).
+    backlog_hint: Option<H>,
 }
 
 /// What state version 2 adds.
@@ -59,16 +63,24 @@ struct Ext2 {
 
 /// Encode a state from its parts, without copying the points first: the
 /// buffer is sized once (a snapshot of big batches must fit the memory cap).
-pub fn encode(settings: &Settings, carried: &Carried<&Point>, lineage: &[String]) -> Vec<u8> {
+pub fn encode(
+    settings: &Settings,
+    carried: &Carried<&Point>,
+    backlog_hint: Option<&IndexHint>,
+    lineage: &[String],
+) -> Vec<u8> {
     let base = Base {
         settings,
         carried: carried.clone(),
+        backlog_hint,
     };
+    // Sized first, then written in place: a byte-wise writer costs several
+    // ms per MB inside the swap pause.
     let size = postcard::experimental::serialized_size(&base).expect("state encodes");
-    let mut out = Vec::with_capacity(4 + size + 64 * (lineage.len() + 1));
-    out.extend(STATE_VERSION.to_le_bytes());
-    out.extend(MIN_READER.to_le_bytes());
-    let out = postcard::to_extend(&base, out).expect("state encodes");
+    let mut out = vec![0u8; 4 + size];
+    out[..2].copy_from_slice(&STATE_VERSION.to_le_bytes());
+    out[2..4].copy_from_slice(&MIN_READER.to_le_bytes());
+    postcard::to_slice(&base, &mut out[4..]).expect("state encodes");
     #[cfg(feature = "next")]
     let out = postcard::to_extend(
         &Ext2 {
@@ -95,12 +107,13 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     }
     let damaged =
         |e: postcard::Error| format!("snapshot (state version {version}) is damaged: {e}");
-    let (base, rest): (Base<Settings, Point>, &[u8]) =
+    let (base, rest): (Base<Settings, Point, IndexHint>, &[u8]) =
         postcard::take_from_bytes(&bytes[4..]).map_err(damaged)?;
     #[allow(unused_mut)]
     let mut state = State {
         settings: base.settings,
         carried: base.carried,
+        backlog_hint: base.backlog_hint,
         lineage: Vec::new(),
     };
     #[cfg(feature = "next")]
@@ -134,12 +147,20 @@ mod tests {
         State {
             settings: Settings::defaults("o"),
             carried: p.carry(0).to_owned(),
+            backlog_hint: Some(IndexHint {
+                segments: vec![(3, 100, vec![(8, 50, 10, 5, 77)])],
+            }),
             lineage: Vec::new(),
         }
     }
 
     fn bytes(s: &State) -> Vec<u8> {
-        encode(&s.settings, &s.carried.as_refs(), &s.lineage)
+        encode(
+            &s.settings,
+            &s.carried.as_refs(),
+            s.backlog_hint.as_ref(),
+            &s.lineage,
+        )
     }
 
     #[test]

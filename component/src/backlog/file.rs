@@ -112,6 +112,19 @@ struct Segment {
     size: u64,
 }
 
+/// What a live instance knows of its sealed segments, handed to its
+/// successor in a swap so the reopen need not read them: per segment, its
+/// size and its records after the cursor. Only a hint: a segment whose size
+/// on disk differs is read as usual.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexHint {
+    /// (segment id, size in bytes, its records after the cursor).
+    pub segments: Vec<(u64, u64, Vec<HintedRecord>)>,
+}
+
+/// A record as (offset, payload length, first_seq, count, stored_at).
+pub type HintedRecord = (u64, u32, u64, u32, i64);
+
 /// The segment being appended to (always the last of `segments`).
 #[derive(Debug)]
 struct Active {
@@ -537,6 +550,8 @@ fn account(
 /// State carried across segments while recovering at open.
 struct Scan<'a> {
     dir: &'a Path,
+    /// Sealed segments known from a predecessor (see [`IndexHint`]).
+    hint: Option<&'a IndexHint>,
     /// Written moments ago by a live predecessor (a swap): checksums of
     /// records before the last segment are not compared at open.
     trusted: bool,
@@ -710,6 +725,25 @@ impl Scan<'_> {
 
     fn segment(&mut self, id: u64, last: bool) {
         let path = self.dir.join(segment_name(id));
+        // A sealed segment the predecessor described, unchanged on disk.
+        let hinted = self
+            .hint
+            .filter(|_| !last)
+            .and_then(|h| h.segments.iter().find(|s| s.0 == id))
+            .filter(|s| fs::metadata(&path).is_ok_and(|m| m.len() == s.1));
+        if let Some((_, size, records)) = hinted {
+            for &(offset, len, first_seq, count, stored_at) in records {
+                let h = RecordHeader {
+                    version: RECORD_VERSION,
+                    first_seq,
+                    count,
+                    stored_at,
+                };
+                self.record(id, &path, offset, len, h);
+            }
+            self.segments.push_back(Segment { id, size: *size });
+            return;
+        }
         let read = OpenOptions::new()
             .read(true)
             .write(true)
@@ -999,7 +1033,7 @@ impl FileBacklog {
         dir: &Path,
         sync_mode: SyncMode,
     ) -> Result<(FileBacklog, RecoveryReport), BacklogError> {
-        FileBacklog::open_with(dir, sync_mode, false)
+        FileBacklog::open_with(dir, sync_mode, false, None)
     }
 
     /// Open a backlog that a live instance has been using until now (a
@@ -1010,14 +1044,16 @@ impl FileBacklog {
     pub fn open_trusted(
         dir: &Path,
         sync_mode: SyncMode,
+        hint: Option<&IndexHint>,
     ) -> Result<(FileBacklog, RecoveryReport), BacklogError> {
-        FileBacklog::open_with(dir, sync_mode, true)
+        FileBacklog::open_with(dir, sync_mode, true, hint)
     }
 
     fn open_with(
         dir: &Path,
         sync_mode: SyncMode,
         trusted: bool,
+        hint: Option<&IndexHint>,
     ) -> Result<(FileBacklog, RecoveryReport), BacklogError> {
         fs::create_dir_all(dir).map_err(|e| {
             err(format!(
@@ -1047,6 +1083,7 @@ impl FileBacklog {
         let stored = read_cursor_slots(&dir.join(CURSOR_FILE), !ids.is_empty(), &mut report);
         let mut scan = Scan {
             dir,
+            hint,
             trusted,
             cursor: stored.map(|s| s.seq),
             cursor_trusted: stored.is_some_and(|s| s.trusted),
@@ -1640,6 +1677,25 @@ impl Backlog for FileBacklog {
         std::mem::take(&mut self.read_losses)
     }
 
+    fn index_hint(&self) -> Option<IndexHint> {
+        let last = self.segments.back().map(|s| s.id);
+        let segments = self
+            .segments
+            .iter()
+            .filter(|s| Some(s.id) != last)
+            .map(|s| {
+                let records = self
+                    .index
+                    .iter()
+                    .filter(|r| r.seg == s.id)
+                    .map(|r| (r.offset, r.len, r.first_seq, r.count, r.stored_at))
+                    .collect();
+                (s.id, s.size, records)
+            })
+            .collect();
+        Some(IndexHint { segments })
+    }
+
     fn consume(&mut self, n: u64) -> Result<(), BacklogError> {
         let (cursor, _) = self.plan_advance(n);
         self.commit_cursor(cursor)
@@ -1881,7 +1937,7 @@ mod tests {
         let (off, _) = frames(&segs[0])[1];
         flip(&segs[0], off + 20, 0x10);
         // A trusted open does not look; the read finds it and skips it.
-        let (mut b, r) = FileBacklog::open_trusted(&d.0, SyncMode::Batch).unwrap();
+        let (mut b, r) = FileBacklog::open_trusted(&d.0, SyncMode::Batch, None).unwrap();
         assert_eq!((r.corrupt_records, r.points), (0, 200));
         let e = b.peek(1000).unwrap_err();
         assert!(e.to_string().contains("dropped its 5 points"), "{e}");
@@ -1906,6 +1962,50 @@ mod tests {
         flip(&segs[0], off + 20, 0x10);
         let (_, r) = open(&d2);
         assert_eq!(r.corrupt_records, 1);
+    }
+
+    #[test]
+    fn a_predecessors_index_hint_replaces_reading_sealed_segments() {
+        let d = TestDir::new("hint");
+        let mut b = open_clean(&d);
+        b.set_segment_bytes(1024);
+        for i in 0..40 {
+            b.append(&pts(i * 5, 5), i as i64).unwrap();
+        }
+        b.consume(23).unwrap();
+        let hint = b.index_hint().expect("a file backlog gives a hint");
+        assert!(hint.segments.len() > 2);
+        let want = stamps(&b.peek(1000).unwrap());
+        let len = b.len();
+        drop(b);
+        // Damage a hinted segment without changing its size: with the hint
+        // the open does not read it (no corruption found), the read does.
+        let segs = seg_files(&d);
+        let (off, _) = frames(&segs[1])[1];
+        flip(&segs[1], off + 20, 0x10);
+        let (mut b, r) = FileBacklog::open_trusted(&d.0, SyncMode::Batch, Some(&hint)).unwrap();
+        assert_eq!((r.corrupt_records, b.len()), (0, len));
+        let e = b.peek(1000).unwrap_err();
+        assert!(e.to_string().contains("dropped its 5 points"), "{e}");
+        assert_eq!(b.take_read_losses(), 5);
+        drop(b);
+        // A hint that no longer matches the files is ignored.
+        let d2 = TestDir::new("stale-hint");
+        let mut b = open_clean(&d2);
+        b.set_segment_bytes(1024);
+        for i in 0..40 {
+            b.append(&pts(i * 5, 5), i as i64).unwrap();
+        }
+        b.consume(23).unwrap();
+        let mut stale = b.index_hint().unwrap();
+        drop(b);
+        for s in &mut stale.segments {
+            s.1 += 1;
+            s.2.clear();
+        }
+        let (mut b, r) = FileBacklog::open_trusted(&d2.0, SyncMode::Batch, Some(&stale)).unwrap();
+        assert_eq!((r.corrupt_records, b.len()), (0, len));
+        assert_eq!(stamps(&b.peek(1000).unwrap()), want);
     }
 
     #[test]

@@ -96,6 +96,12 @@ pub trait Backlog {
         0
     }
 
+    /// What a successor instance may reuse of this backlog's index instead
+    /// of reading it again (a live upgrade); `None` if nothing.
+    fn index_hint(&self) -> Option<file::IndexHint> {
+        None
+    }
+
     /// Drop the oldest points until `bytes()` is at most `max_bytes`;
     /// returns how many were dropped. Storage frees space in whole units
     /// (a file segment), so this drops in growing steps until it does,
@@ -148,6 +154,9 @@ impl<B: Backlog + ?Sized> Backlog for Box<B> {
     }
     fn take_read_losses(&mut self) -> u64 {
         (**self).take_read_losses()
+    }
+    fn index_hint(&self) -> Option<file::IndexHint> {
+        (**self).index_hint()
     }
     fn enforce_bytes(&mut self, max_bytes: u64) -> Result<u64, BacklogError> {
         (**self).enforce_bytes(max_bytes)
