@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use influx_sink_component::backlog::memory::MemoryBacklog;
 use influx_sink_component::backlog::Backlog;
-use influx_sink_component::config::Settings;
 use influx_sink_component::line_protocol::{self, parse_lines};
 use influx_sink_component::policy::{Outcome, Policy};
 use influx_sink_host::bindings::{FieldValue, Point as WitPoint};
@@ -61,34 +60,22 @@ thread_local! {
     static FIG: RefCell<Figures> = RefCell::new(Figures::default());
 }
 
-fn pairs(port: u16) -> Vec<(String, String)> {
-    [
-        ("transport", "influxdb_out".to_string()),
-        ("host", "127.0.0.1".to_string()),
-        ("port", port.to_string()),
-        ("batch_size", BATCH_SIZE.to_string()),
-        ("enable_persistent_storage", "false".to_string()),
-        // Figures comparable across versions; gzip has its own bench.
-        ("content_encoding", "identity".to_string()),
-        // Points the sink cannot send at once wait in its in-memory backlog;
-        // make room so none are dropped.
-        ("max_backlog_size", "10000000".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 fn output_spec(port: u16) -> OutputSpec {
-    let pairs = pairs(port);
-    let (settings, warnings) = Settings::from_pairs("bench", &pairs).expect("settings");
-    assert!(warnings.is_empty(), "{warnings:?}");
-    OutputSpec {
-        settings,
-        pairs,
-        backlog_dir: PathBuf::from("/nonexistent-backlog-unused"),
-        tls_ca_path: None,
-    }
+    let batch_size = BATCH_SIZE.to_string();
+    common::output_spec(
+        "bench",
+        port,
+        &[
+            ("batch_size", &batch_size),
+            ("enable_persistent_storage", "false"),
+            // Figures comparable across versions; gzip has its own bench.
+            ("content_encoding", "identity"),
+            // Points the sink cannot send at once wait in its in-memory
+            // backlog; make room so none are dropped.
+            ("max_backlog_size", "10000000"),
+        ],
+        PathBuf::from("/nonexistent-backlog-unused"),
+    )
 }
 
 /// The generated points as typed WIT records (the same values as the text).
@@ -134,26 +121,13 @@ fn to_native(v: &FieldValue) -> line_protocol::FieldValue {
 /// Turn the sink until everything it accepted is delivered (untimed
 /// housekeeping between timed writes, and the tail of the end-to-end run).
 async fn drain(sink: &mut SinkInstance) {
-    sink.flush().await.expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let wait = Duration::from_nanos(sink.poll().await.expect("poll")).min(MAX_SLEEP);
-        let st = sink.stats().await.expect("stats");
-        if st.delivered == st.accepted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "points do not flow to the 204 server: {st:?}"
-        );
-        tokio::time::sleep(wait).await;
-    }
+    common::drain(sink, MAX_SLEEP).await
 }
 
 /// A native policy connected to a (pretend) server: what the component
 /// holds, without wasm.
 fn native_policy() -> Policy<Box<dyn Backlog>> {
-    let (s, _) = Settings::from_pairs("bench", &pairs(1)).expect("settings");
+    let s = output_spec(1).settings;
     let wall = common::wall_ns();
     let mut p: Policy<Box<dyn Backlog>> = Policy::new(s, Box::new(MemoryBacklog::new()), 0, wall);
     for _ in 0..2 {

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use influx_sink_component::config::Settings;
 use influx_sink_component::policy::http::{body, gzip};
 use influx_sink_host::config::OutputSpec;
 use influx_sink_host::runtime::{Runtime, SinkInstance};
@@ -37,40 +36,23 @@ thread_local! {
 }
 
 fn spec(port: u16, encoding: &str) -> OutputSpec {
-    let pairs: Vec<(String, String)> = [
-        ("transport", "influxdb_out".to_string()),
-        ("host", "127.0.0.1".to_string()),
-        ("port", port.to_string()),
-        ("batch_size", BATCH.to_string()),
-        ("enable_persistent_storage", "false".to_string()),
-        ("max_backlog_size", "10000000".to_string()),
-        ("content_encoding", encoding.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let (settings, _) = Settings::from_pairs("bench", &pairs).expect("settings");
-    OutputSpec {
-        settings,
-        pairs,
-        backlog_dir: PathBuf::from("/nonexistent-backlog-unused"),
-        tls_ca_path: None,
-    }
+    let batch = BATCH.to_string();
+    common::output_spec(
+        "bench",
+        port,
+        &[
+            ("batch_size", &batch),
+            ("enable_persistent_storage", "false"),
+            ("max_backlog_size", "10000000"),
+            ("content_encoding", encoding),
+        ],
+        PathBuf::from("/nonexistent-backlog-unused"),
+    )
 }
 
 /// Turn the sink until everything it accepted is delivered.
 async fn drain(sink: &mut SinkInstance) {
-    sink.flush().await.expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = sink.stats().await.expect("stats");
-        if st.pending == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not drained: {st:?}");
-        let wait = sink.poll().await.expect("poll");
-        tokio::time::sleep(Duration::from_nanos(wait).min(Duration::from_millis(1))).await;
-    }
+    common::drain(sink, Duration::from_millis(1)).await
 }
 
 fn bench_gzip(c: &mut Criterion) {

@@ -15,8 +15,6 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use influx_sink_component::config::Settings;
-use influx_sink_host::config::OutputSpec;
 use influx_sink_host::runtime::Runtime;
 
 const CHUNK: u64 = 1000;
@@ -61,24 +59,16 @@ fn main() {
     let tmp = tempfile::tempdir_in(base).expect("temp dir");
     let backlog_dir = tmp.path().join("rss");
     let port = closed_port();
-    let pairs: Vec<(String, String)> = [
-        ("transport", "influxdb_out".to_string()),
-        ("host", "127.0.0.1".to_string()),
-        ("port", port.to_string()),
-        ("enable_persistent_storage", "true".to_string()),
-        ("max_backlog_size", "2000000".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let (settings, _) = Settings::from_pairs("rss", &pairs).expect("settings");
-    let batch_size = settings.batch_size;
-    let spec = OutputSpec {
-        settings,
-        pairs,
-        backlog_dir: backlog_dir.clone(),
-        tls_ca_path: None,
-    };
+    let spec = common::output_spec(
+        "rss",
+        port,
+        &[
+            ("enable_persistent_storage", "true"),
+            ("max_backlog_size", "2000000"),
+        ],
+        backlog_dir.clone(),
+    );
+    let batch_size = spec.settings.batch_size;
 
     eprintln!(
         "rss: 20-field points, {CHUNK} per write_lines call, batch_size {batch_size}, \

@@ -17,7 +17,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use influx_sink_component::config::Settings;
 use influx_sink_host::config::OutputSpec;
 use influx_sink_host::precompile;
 use influx_sink_host::runtime::{Runtime, SinkInstance};
@@ -42,28 +41,21 @@ thread_local! {
 }
 
 fn spec(port: u16, dir: &Path) -> OutputSpec {
-    let pairs: Vec<(String, String)> = [
-        ("transport", "influxdb_out".to_string()),
-        ("host", "127.0.0.1".to_string()),
-        ("port", port.to_string()),
-        ("batch_size", "5000".to_string()),
-        ("batch_timeout", "0.1".to_string()),
-        ("reconnect_delay", "0.2".to_string()),
-        ("max_reconnect_delay", "1".to_string()),
-        ("persistent_storage_path", dir.display().to_string()),
-        ("max_backlog_size", "100000000".to_string()),
-        ("content_encoding", "identity".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let (settings, _) = Settings::from_pairs("bench", &pairs).expect("settings");
-    OutputSpec {
-        settings,
-        pairs,
-        backlog_dir: dir.join("bench"),
-        tls_ca_path: None,
-    }
+    let storage = dir.display().to_string();
+    common::output_spec(
+        "bench",
+        port,
+        &[
+            ("batch_size", "5000"),
+            ("batch_timeout", "0.1"),
+            ("reconnect_delay", "0.2"),
+            ("max_reconnect_delay", "1"),
+            ("persistent_storage_path", &storage),
+            ("max_backlog_size", "100000000"),
+            ("content_encoding", "identity"),
+        ],
+        dir.join("bench"),
+    )
 }
 
 fn pct(v: &[Duration], q: f64) -> Duration {

@@ -6,17 +6,67 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use influx_sink_component::config::Settings;
 use influx_sink_component::line_protocol::parse_lines;
 use influx_sink_component::point::Point;
+use influx_sink_host::config::OutputSpec;
 use influx_sink_host::generator::{Generator, GeneratorSpec};
+use influx_sink_host::runtime::SinkInstance;
 
 /// Wall clock (ns) the generated points start at: a fixed, realistic time.
 pub const START_NS: i64 = 1_700_000_000_000_000_000;
+
+/// Output section `[name]` to 127.0.0.1:`port` with `keys`, as the host's
+/// config would hand it over; a key the settings do not know fails.
+pub fn output_spec(
+    name: &str,
+    port: u16,
+    keys: &[(&str, &str)],
+    backlog_dir: PathBuf,
+) -> OutputSpec {
+    let port = port.to_string();
+    let pairs: Vec<(String, String)> = [
+        ("transport", "influxdb_out"),
+        ("host", "127.0.0.1"),
+        ("port", port.as_str()),
+    ]
+    .iter()
+    .chain(keys)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (settings, warnings) = Settings::from_pairs(name, &pairs).expect("settings");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    OutputSpec {
+        settings,
+        pairs,
+        backlog_dir,
+        tls_ca_path: None,
+    }
+}
+
+/// Turn the sink until everything it accepted is delivered, sleeping as it
+/// asks but at most `max_sleep` between turns.
+pub async fn drain(sink: &mut SinkInstance, max_sleep: Duration) {
+    sink.flush().await.expect("flush");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let wait = Duration::from_nanos(sink.poll().await.expect("poll")).min(max_sleep);
+        let st = sink.stats().await.expect("stats");
+        if st.delivered == st.accepted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "points do not flow to the server: {st:?}"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
 
 /// A generator of `GeneratorSpec::default()` points (20 fields, 10 series).
 pub fn generator() -> Generator {

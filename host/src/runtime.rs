@@ -40,17 +40,13 @@ impl Runtime {
     /// limits (see [`sandbox::engine`]) and link it against WASI.
     pub fn load(path: &Path) -> Result<Runtime> {
         let engine = sandbox::engine(&EngineOptions::default())?;
-        Runtime::load_in(&engine, path)
+        Runtime::load_cached(&engine, path, None)
     }
 
     /// Compile the component at `path` in `engine` (made by
-    /// [`sandbox::engine`]: epoch interruption on, the ticker running).
-    pub fn load_in(engine: &Engine, path: &Path) -> Result<Runtime> {
-        Runtime::load_cached(engine, path, None)
-    }
-
-    /// Like [`Runtime::load_in`], through the compile cache in `cache`
-    /// (see `precompile`); `path` may also be a `.cwasm`.
+    /// [`sandbox::engine`]: epoch interruption on, the ticker running),
+    /// through the compile cache in `cache` if any (see `precompile`);
+    /// `path` may also be a `.cwasm`.
     pub fn load_cached(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Runtime> {
         let began = std::time::Instant::now();
         let loaded = precompile::load(engine, path, cache)

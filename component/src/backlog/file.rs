@@ -1923,15 +1923,20 @@ mod tests {
         assert_eq!(b.bytes(), 0);
     }
 
-    #[test]
-    fn trusted_open_leaves_checksums_to_the_reads() {
-        let d = TestDir::new("trusted");
-        let mut b = open_clean(&d);
+    /// Points 0..200 in forty 5-point records over several 1 KiB segments.
+    fn forty_records_in_small_segments(d: &TestDir) -> FileBacklog {
+        let mut b = open_clean(d);
         b.set_segment_bytes(1024);
         for i in 0..40 {
             b.append(&pts(i * 5, 5), i as i64).unwrap();
         }
-        drop(b);
+        b
+    }
+
+    #[test]
+    fn trusted_open_leaves_checksums_to_the_reads() {
+        let d = TestDir::new("trusted");
+        drop(forty_records_in_small_segments(&d));
         let segs = seg_files(&d);
         assert!(segs.len() > 2);
         let (off, _) = frames(&segs[0])[1];
@@ -1951,12 +1956,7 @@ mod tests {
         assert_eq!(got.len(), 195);
         // A plain open would have found it at once.
         let d2 = TestDir::new("untrusted");
-        let mut b = open_clean(&d2);
-        b.set_segment_bytes(1024);
-        for i in 0..40 {
-            b.append(&pts(i * 5, 5), i as i64).unwrap();
-        }
-        drop(b);
+        drop(forty_records_in_small_segments(&d2));
         let segs = seg_files(&d2);
         let (off, _) = frames(&segs[0])[1];
         flip(&segs[0], off + 20, 0x10);
@@ -1967,11 +1967,7 @@ mod tests {
     #[test]
     fn a_predecessors_index_hint_replaces_reading_sealed_segments() {
         let d = TestDir::new("hint");
-        let mut b = open_clean(&d);
-        b.set_segment_bytes(1024);
-        for i in 0..40 {
-            b.append(&pts(i * 5, 5), i as i64).unwrap();
-        }
+        let mut b = forty_records_in_small_segments(&d);
         b.consume(23).unwrap();
         let hint = b.index_hint().expect("a file backlog gives a hint");
         assert!(hint.segments.len() > 2);
@@ -1991,11 +1987,7 @@ mod tests {
         drop(b);
         // A hint that no longer matches the files is ignored.
         let d2 = TestDir::new("stale-hint");
-        let mut b = open_clean(&d2);
-        b.set_segment_bytes(1024);
-        for i in 0..40 {
-            b.append(&pts(i * 5, 5), i as i64).unwrap();
-        }
+        let mut b = forty_records_in_small_segments(&d2);
         b.consume(23).unwrap();
         let mut stale = b.index_hint().unwrap();
         drop(b);

@@ -134,9 +134,9 @@ pub enum CarriedConn {
     BackingOff { attempt: u32, in_ns: u64 },
 }
 
-impl<P: Clone> Carried<P> {
+impl<P> Carried<P> {
     /// The same with `f` applied to each point.
-    fn map_points<Q>(&self, f: impl FnMut(&P) -> Q) -> Carried<Q> {
+    fn map_points<'a, Q>(&'a self, f: impl FnMut(&'a P) -> Q) -> Carried<Q> {
         Carried {
             counters: self.counters.clone(),
             points: self.points.iter().map(f).collect(),
@@ -160,18 +160,7 @@ impl Carried<&Point> {
 
 impl Carried {
     pub fn as_refs(&self) -> Carried<&Point> {
-        Carried {
-            counters: self.counters.clone(),
-            points: self.points.iter().collect(),
-            conn: self.conn,
-            streak: self.streak,
-            active: self.active,
-            health: self.health.clone(),
-            since_check_ns: self.since_check_ns,
-            batch_age_ns: self.batch_age_ns,
-            outage_logged: self.outage_logged,
-            auth_failing: self.auth_failing,
-        }
+        self.map_points(|p| p)
     }
 }
 
@@ -335,13 +324,6 @@ impl<B: Backlog> Policy<B> {
         self.counters.rejected += n;
     }
 
-    /// What lives only in memory, for a snapshot: counters and the points
-    /// not yet in the backlog, oldest first.
-    pub fn memory_state(&self) -> (Counters, Vec<Point>) {
-        let points = self.memory_points().into_iter().cloned().collect();
-        (self.counters.clone(), points)
-    }
-
     /// The points only in memory, oldest first, borrowed (a snapshot of a
     /// large batch must not need twice its memory).
     fn memory_points(&self) -> Vec<&Point> {
@@ -362,14 +344,6 @@ impl<B: Backlog> Policy<B> {
         }
         points.extend(self.batch.iter());
         points
-    }
-
-    /// Take over the memory state of an earlier instance (see
-    /// `memory_state`): its counters and its unsent points, which are not
-    /// counted as accepted again.
-    pub fn adopt(&mut self, counters: Counters, points: Vec<Point>, now: Instant, wall: i64) {
-        self.write(points, now, wall);
-        self.counters = counters;
     }
 
     /// Everything a successor instance (maybe another version) needs to
