@@ -274,10 +274,13 @@ impl Exchange {
             .write()
             .map_err(|_| "request body stream unavailable")?;
         let options = RequestOptions::new();
-        let timeout = (s.connection_timeout * NANOS) as u64;
-        let _ = options.set_connect_timeout(Some(timeout));
-        let _ = options.set_first_byte_timeout(Some(timeout));
-        let _ = options.set_between_bytes_timeout(Some(timeout));
+        // The policy's deadline (connection_timeout) ends a silent exchange
+        // and logs why; the host's timeouts are only a backstop, set later
+        // so that they never race it for the reason logged.
+        let backstop = ((s.connection_timeout * NANOS) as u64).saturating_mul(2);
+        let _ = options.set_connect_timeout(Some(backstop));
+        let _ = options.set_first_byte_timeout(Some(backstop));
+        let _ = options.set_between_bytes_timeout(Some(backstop));
         let future = outgoing_handler::handle(request, Some(options))
             .map_err(|e| format!("request refused: {e:?}"))?;
         let ex = Exchange {
