@@ -2,7 +2,7 @@
 //! end to end through host + component into a loopback server answering
 //! `204 No Content`, on 20-field points.
 //!
-//! The real component (target/wasm32-wasip2/release/influx_sink_component.wasm)
+//! The real component (target/wasm32-wasip2/ship/influx_sink_component.wasm)
 //! runs in the real host runtime (`Runtime::load` + `instantiate`), with
 //! `enable_persistent_storage = false` and `batch_size = 5000`; its HTTP goes
 //! to the loopback server, so points really flow. The native side does the

@@ -4,7 +4,7 @@
 //! their lines, as a real server must), gzip against identity.
 //!
 //! Build the component first:
-//!   cargo build --release --target wasm32-wasip2 -p influx-sink-component
+//!   cargo build --profile ship --target wasm32-wasip2 -p influx-sink-component
 
 mod common;
 

@@ -5,7 +5,7 @@
 //! (backlog empty) and down (backlog growing on disk).
 //!
 //! Build the component first:
-//!   cargo build --release --target wasm32-wasip2 -p influx-sink-component
+//!   cargo build --profile ship --target wasm32-wasip2 -p influx-sink-component
 //! The swap goes between two builds when `target/next/.../influx_sink_component.wasm`
 //! (the `next` feature, built by tests/live_upgrade.rs) exists, else between
 //! two instances of the same build.
@@ -70,7 +70,7 @@ fn bench_swap(c: &mut Criterion) {
     let cache = tmp.path().join("cache");
     let v1_path = harness::component_path();
     let next_path =
-        harness::target_dir().join("next/wasm32-wasip2/release/influx_sink_component.wasm");
+        harness::target_dir().join("next/wasm32-wasip2/ship/influx_sink_component.wasm");
     let v2_path = if next_path.exists() {
         next_path
     } else {

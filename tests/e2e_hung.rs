@@ -5,7 +5,7 @@
 //!
 //! Needs the release binary and component:
 //!   cargo build --release -p influx-sink-host
-//!   cargo build --release -p influx-sink-component --target wasm32-wasip2
+//!   cargo build --profile ship -p influx-sink-component --target wasm32-wasip2
 //! Run: `cargo test --release --test e2e_hung`
 
 use std::time::Duration;

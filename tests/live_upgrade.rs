@@ -23,6 +23,7 @@ fn build_next(dir: &Path) -> PathBuf {
     harness::build_wasm(
         "Cargo.toml",
         "influx-sink-component",
+        "ship",
         "next",
         "next",
         &dir.join("v2.wasm"),
@@ -212,6 +213,7 @@ fn a_bad_component_is_refused_and_the_running_version_stays() {
         harness::build_wasm(
             "tests/hostile/Cargo.toml",
             "influx-sink-hostile",
+            "release",
             feature,
             "hostile",
             &dir.path().join(format!("{feature}.wasm")),

@@ -10,7 +10,7 @@
 //!
 //! Needs the release binary and component:
 //!   cargo build --release -p influx-sink-host
-//!   cargo build --release -p influx-sink-component --target wasm32-wasip2
+//!   cargo build --profile ship -p influx-sink-component --target wasm32-wasip2
 //! and the `wasm32-wasip2` target for the hostile builds.
 //! Run: `cargo test --release --test sandbox`
 
@@ -33,6 +33,7 @@ fn hostile(feature: &str, dir: &Path) -> PathBuf {
     harness::build_wasm(
         "tests/hostile/Cargo.toml",
         "influx-sink-hostile",
+        "release",
         feature,
         "hostile",
         &dir.join(format!("{feature}.wasm")),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for influx-sink and builds it:
 # the wasm32-wasip2 target, InfluxDB 1.x and VictoriaMetrics for the tests,
-# the host (release) and the component (wasm32-wasip2, release).
+# the host (release) and the component (wasm32-wasip2, profile `ship`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +23,5 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 echo "setup: building the component (wasm32-wasip2) and the host"
-cargo build --release --locked --target wasm32-wasip2 -p influx-sink-component
+cargo build --profile ship --locked --target wasm32-wasip2 -p influx-sink-component
 cargo build --release --locked -p influx-sink-host

@@ -267,9 +267,7 @@ impl Settings {
                         .ok_or_else(|| err("seconds, from 0.001 to 3600"))?
                 }
                 "reconnect_jitter" => {
-                    s.reconnect_jitter = v
-                        .parse::<f64>()
-                        .ok()
+                    s.reconnect_jitter = decimal(v)
                         .filter(|f| (0.0..1.0).contains(f))
                         .ok_or_else(|| err("a fraction from 0 (none) to below 1, e.g. 0.2"))?
                 }
@@ -473,9 +471,12 @@ impl Settings {
 
 /// Seconds as the gateway writes them (`5`, `5.0`), within bounds.
 fn seconds(v: &str, min: f64, max: f64) -> Option<f64> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|f| f.is_finite() && *f >= min && *f <= max)
+    decimal(v).filter(|f| *f >= min && *f <= max)
+}
+
+/// A decimal to nine places (no float parsing code in the component).
+fn decimal(v: &str) -> Option<f64> {
+    crate::timefmt::parse_decimal_nanos(v).map(|ns| ns as f64 / NANOS)
 }
 
 /// configparser's booleans.

@@ -4,6 +4,7 @@
 pub mod backlog;
 pub mod codec;
 pub mod config;
+pub mod crc;
 pub mod deadletter;
 pub mod endpoint;
 pub mod ini;
@@ -12,6 +13,7 @@ pub mod point;
 pub mod policy;
 pub mod sim;
 pub mod snapshot;
+pub mod sort;
 pub mod timefmt;
 
 #[cfg(target_arch = "wasm32")]

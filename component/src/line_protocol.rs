@@ -463,7 +463,8 @@ fn push_sorted_tags(out: &mut String, line: &str, from: usize, to: usize) {
         }
         s
     } else {
-        heap.sort_by(|x, y| key(x).cmp(key(y)));
+        // Equal keys keep their order: spans start at increasing offsets.
+        crate::sort::sort_by(&mut heap, |x, y| (key(x), x.start) < (key(y), y.start));
         &mut heap
     };
     for t in spans.iter() {
@@ -557,52 +558,82 @@ fn parse_digits(d: &[u8]) -> Option<Option<u64>> {
 /// `-?(digits+ (. digits*)? | . digits+) ([eE] [+-]? digits+)?`, finite.
 fn check_float(v: &[u8]) -> Result<(), ScalarError> {
     let n = v.len();
-    let mut i = usize::from(v[0] == b'-');
-    let int_start = i;
-    while i < n && v[i].is_ascii_digit() {
-        i += 1;
-    }
-    let int_digits = i - int_start;
-    let mut frac_digits = 0;
-    if i < n && v[i] == b'.' {
-        i += 1;
-        let fs = i;
+    let digits_from = |mut i: usize| {
         while i < n && v[i].is_ascii_digit() {
             i += 1;
         }
-        frac_digits = i - fs;
+        i
+    };
+    let int_start = usize::from(v[0] == b'-');
+    let int_end = digits_from(int_start);
+    let (frac_start, mut i) = (int_end + 1, int_end);
+    if i < n && v[i] == b'.' {
+        i = digits_from(frac_start);
     }
-    if int_digits + frac_digits == 0 {
+    let (int, frac) = (&v[int_start..int_end], &v[frac_start.min(i)..i]);
+    if int.is_empty() && frac.is_empty() {
         return Err(ScalarError::Invalid);
     }
-    let mut exponent = false;
+    let mut exp = None;
     if i < n && (v[i] == b'e' || v[i] == b'E') {
         i += 1;
+        let neg = i < n && v[i] == b'-';
         if i < n && (v[i] == b'+' || v[i] == b'-') {
             i += 1;
         }
-        let es = i;
-        while i < n && v[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == es {
+        let end = digits_from(i);
+        if end == i {
             return Err(ScalarError::Invalid);
         }
-        exponent = true;
+        // Saturates far beyond any exponent that could matter.
+        let e = v[i..end]
+            .iter()
+            .fold(0i64, |a, d| (a * 10 + i64::from(d - b'0')).min(1 << 40));
+        exp = Some(if neg { -e } else { e });
+        i = end;
     }
     if i != n {
         return Err(ScalarError::Invalid);
     }
     // Without an exponent, fewer than 309 integer digits cannot overflow.
-    if exponent || int_digits > 300 {
-        // The grammar above is a subset of what `f64::from_str` accepts.
-        let s = std::str::from_utf8(v).map_err(|_| ScalarError::Invalid)?;
-        let f: f64 = s.parse().map_err(|_| ScalarError::Invalid)?;
-        if !f.is_finite() {
-            return Err(ScalarError::FloatRange);
-        }
+    if (exp.is_some() || int.len() > 300) && rounds_to_infinity(int, frac, exp.unwrap_or(0)) {
+        return Err(ScalarError::FloatRange);
     }
     Ok(())
+}
+
+/// 2^1024 - 2^970: halfway between `f64::MAX` and 2^1024. A decimal of at
+/// least this magnitude rounds (to even) to infinity, which InfluxDB
+/// refuses. Its digits, as 0.1797... x 10^309.
+const F64_OVERFLOW: &[u8] = b"179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792";
+const F64_OVERFLOW_SCALE: i64 = 309;
+
+/// Whether `int.frac x 10^exp` parses to an infinite f64, decided on the
+/// digits alone (no float parsing code in the component).
+fn rounds_to_infinity(int: &[u8], frac: &[u8], exp: i64) -> bool {
+    let all = || int.iter().chain(frac).copied();
+    let zeros = all().take_while(|&d| d == b'0').count();
+    let mut digits = all().skip(zeros).peekable();
+    if digits.peek().is_none() {
+        return false; // zero
+    }
+    // The value is 0.d1d2... x 10^scale, d1 being the first nonzero digit.
+    let scale = int.len() as i64 - zeros as i64 + exp;
+    match scale.cmp(&F64_OVERFLOW_SCALE) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Equal => {
+            for &t in F64_OVERFLOW {
+                match digits.next() {
+                    // The threshold still has a nonzero digit to come.
+                    None => return false,
+                    Some(d) if d != t => return d > t,
+                    Some(_) => {}
+                }
+            }
+            true
+        }
+    }
 }
 
 fn parse_timestamp(t: &[u8]) -> Result<i64, LineError> {
@@ -821,7 +852,8 @@ pub fn point_from_parts(
             });
         }
         let tb = text.as_bytes();
-        spans.sort_by(|x, y| tb[x.start..x.eq].cmp(&tb[y.start..y.eq]));
+        let key = |t: &TagSpan| (&tb[t.start..t.eq], t.start);
+        crate::sort::sort_by(&mut spans, |x, y| key(x) < key(y));
         for t in &spans {
             out.push(',');
             out.push_str(&text[t.start..t.end]);
@@ -892,6 +924,7 @@ fn push_value(out: &mut String, key: &str, v: &FieldValue) -> Result<(), LineErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const TS: i64 = 1_700_000_000_000_000_000;
 
@@ -1240,6 +1273,82 @@ mod tests {
         assert!(point_from_parts("m", &[], &s, None, 0).is_err());
         assert!(point_from_parts("m", &[], &f, Some(i64::MAX), 0).is_err());
         assert!(point_from_parts("m", &[], &f, Some(i64::MIN), 0).is_err());
+    }
+
+    /// What `str::parse::<f64>` says, the reference for the range check.
+    fn parses_finite(text: &str) -> bool {
+        text.parse::<f64>().unwrap().is_finite()
+    }
+
+    fn range_verdict(text: &str) -> bool {
+        match check_float(text.as_bytes()) {
+            Ok(()) => true,
+            Err(ScalarError::FloatRange) => false,
+            Err(_) => panic!("`{text}` should be a valid float"),
+        }
+    }
+
+    #[test]
+    fn float_range_is_decided_like_f64_parsing() {
+        let t = std::str::from_utf8(F64_OVERFLOW).unwrap();
+        let cases = [
+            "1.7976931348623157e308".to_string(),
+            "1.7976931348623158e308".into(),
+            "1.797693134862315807937289714053e308".into(),
+            "1.797693134862315807937289714054e308".into(),
+            format!("0.{t}e309"),
+            format!("0.{}e309", &t[..t.len() - 1]),
+            format!("0.{}1e309", &t[..t.len() - 1]),
+            format!("-0.{t}0000e309"),
+            t.to_string(),
+            t[..308].to_string(),
+            format!("000{}.9999", &t[..308]),
+            "1e309".into(),
+            "-1e309".into(),
+            "0.1e310".into(),
+            "0.000001e314".into(),
+            "1e-400".into(),
+            "0e999999999999999".into(),
+            ".5e308".into(),
+            "1e99999999999999999999".into(),
+            "1e-99999999999999999999".into(),
+        ];
+        for c in &cases {
+            assert_eq!(range_verdict(c), parses_finite(c), "{c}");
+        }
+    }
+
+    proptest! {
+        /// Around the threshold: its digits cut, bumped or padded, with
+        /// the decimal point and the exponent moved.
+        #[test]
+        fn float_range_matches_f64_parsing_near_the_limit(
+            keep in 1usize..60,
+            bump in 0u8..3,
+            tail in "[0-9]{0,5}",
+            zeros in 0usize..4,
+            shift in 0usize..6,
+            sign in proptest::bool::ANY,
+        ) {
+            let t = std::str::from_utf8(F64_OVERFLOW).unwrap();
+            let mut digits: Vec<u8> = t.as_bytes()[..keep].to_vec();
+            let last = digits.len() - 1;
+            digits[last] = match bump {
+                0 => digits[last],
+                1 => digits[last].saturating_sub(1).max(b'0'),
+                _ => (digits[last] + 1).min(b'9'),
+            };
+            let digits = format!("{}{}{}", "0".repeat(zeros), String::from_utf8(digits).unwrap(), tail);
+            let point = zeros + shift.min(keep);
+            let exp = 309 - shift.min(keep) as i64;
+            let text = format!(
+                "{}{}.{}e{exp}",
+                if sign { "-" } else { "" },
+                &digits[..point],
+                &digits[point..]
+            );
+            prop_assert_eq!(range_verdict(&text), parses_finite(&text), "{}", text);
+        }
     }
 
     #[test]

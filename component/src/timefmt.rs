@@ -1,4 +1,25 @@
-//! UTC timestamps for log lines, without a date library.
+//! UTC timestamps for log lines and decimal seconds for settings, without
+//! a date library or float parsing (whose code and tables take 17 KB of
+//! the component).
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// `5`, `5.0`, `0.25` or `.5` (a decimal as the gateway writes seconds)
+/// in units of 10^-9, so `0.2` is 200_000_000; digits past the ninth
+/// decimal are cut. None for anything else, or from 10^10 (317 years) on.
+pub fn parse_decimal_nanos(v: &str) -> Option<u64> {
+    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || whole.len() > 10
+    {
+        return None;
+    }
+    let whole = whole.bytes().fold(0, |a, c| a * 10 + u64::from(c - b'0'));
+    let frac = (0..9).fold(0, |a, i| {
+        a * 10 + frac.as_bytes().get(i).map_or(0, |c| u64::from(c - b'0'))
+    });
+    Some(whole * NS_PER_S + frac)
+}
 
 /// `2024-01-15T10:30:00.123Z` for nanoseconds since the Unix epoch.
 pub fn rfc3339_millis(ns: i64) -> String {
@@ -61,6 +82,37 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_as_gateway_configs_write_them() {
+        assert_eq!(parse_decimal_nanos("5"), Some(5 * NS_PER_S));
+        assert_eq!(parse_decimal_nanos("5.0"), Some(5 * NS_PER_S));
+        assert_eq!(parse_decimal_nanos("0.25"), Some(250_000_000));
+        assert_eq!(parse_decimal_nanos(".5"), Some(500_000_000));
+        assert_eq!(parse_decimal_nanos("7."), Some(7 * NS_PER_S));
+        assert_eq!(parse_decimal_nanos("0.0000000019"), Some(1));
+        assert_eq!(
+            parse_decimal_nanos("9999999999.999999999"),
+            Some(9_999_999_999 * NS_PER_S + 999_999_999)
+        );
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "1.2.3",
+            " 1",
+            "inf",
+            "nan",
+            "1_0",
+            "10000000000",
+        ] {
+            assert_eq!(parse_decimal_nanos(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn http_dates() {
         assert_eq!(

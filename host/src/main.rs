@@ -211,9 +211,9 @@ fn default_component() -> PathBuf {
         if beside.exists() {
             return beside;
         }
-        // target/release/influx-sink -> target/wasm32-wasip2/release/
+        // target/release/influx-sink -> target/wasm32-wasip2/ship/
         if let Some(target) = dir.parent() {
-            let built = target.join("wasm32-wasip2").join("release").join(FILE);
+            let built = target.join("wasm32-wasip2").join("ship").join(FILE);
             if built.exists() {
                 return built;
             }

@@ -30,7 +30,7 @@ pub fn target_dir() -> PathBuf {
 
 const BUILD_HINT: &str = "build it first:\n  \
      cargo build --release -p influx-sink-host\n  \
-     cargo build --release -p influx-sink-component --target wasm32-wasip2";
+     cargo build --profile ship -p influx-sink-component --target wasm32-wasip2";
 
 /// `<target>/release/influx-sink` (or `$INFLUX_SINK_BIN`). Panics with
 /// build instructions if it is missing.
@@ -46,7 +46,7 @@ pub fn sink_binary() -> PathBuf {
     path
 }
 
-/// `<target>/wasm32-wasip2/release/influx_sink_component.wasm` (or
+/// `<target>/wasm32-wasip2/ship/influx_sink_component.wasm` (or
 /// `$INFLUX_SINK_COMPONENT`). Panics with build instructions if missing.
 pub fn component_path() -> PathBuf {
     let path = std::env::var_os("INFLUX_SINK_COMPONENT")
@@ -54,7 +54,7 @@ pub fn component_path() -> PathBuf {
         .unwrap_or_else(|| {
             target_dir()
                 .join("wasm32-wasip2")
-                .join("release")
+                .join("ship")
                 .join("influx_sink_component.wasm")
         });
     assert!(

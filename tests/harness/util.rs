@@ -159,13 +159,14 @@ pub(crate) fn describe_err(e: ureq::Error) -> String {
 /// Builds share target directories: one at a time.
 static WASM_BUILD: Mutex<()> = Mutex::new(());
 
-/// Build a wasm32-wasip2 component: `cargo build --release` of `package`
-/// in the workspace at `manifest` (relative to the repository) with
-/// `features`, into `target/<target_subdir>`; the artifact is copied to
-/// `copy_to`, which is returned.
+/// Build a wasm32-wasip2 component: `cargo build --profile PROFILE` of
+/// `package` in the workspace at `manifest` (relative to the repository)
+/// with `features`, into `target/<target_subdir>`; the artifact is copied
+/// to `copy_to`, which is returned.
 pub fn build_wasm(
     manifest: &str,
     package: &str,
+    profile: &str,
     features: &str,
     target_subdir: &str,
     copy_to: &Path,
@@ -177,7 +178,8 @@ pub fn build_wasm(
     let out = std::process::Command::new(cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "--locked",
             "--target",
             "wasm32-wasip2",
@@ -197,7 +199,8 @@ pub fn build_wasm(
         String::from_utf8_lossy(&out.stderr)
     );
     let artifact = target
-        .join("wasm32-wasip2/release")
+        .join("wasm32-wasip2")
+        .join(profile)
         .join(format!("{}.wasm", package.replace('-', "_")));
     std::fs::copy(&artifact, copy_to)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", artifact.display(), copy_to.display()));

@@ -285,7 +285,7 @@ fn frame_checked(data: &[u8], at: usize, verify: bool) -> Option<usize> {
         return Some(len);
     }
     let payload = &rest[FRAME_LEN as usize..FRAME_LEN as usize + len];
-    (crc32c::crc32c(payload) == u32_at(rest, 4)).then_some(len)
+    (crate::crc::crc32c(payload) == u32_at(rest, 4)).then_some(len)
 }
 
 /// The first offset at or after `from` where a record with a good checksum
@@ -524,7 +524,7 @@ fn account(
         .collect();
     let good: u64 = spans.iter().map(|(a, b)| b - a).sum();
     spans.extend(quarantined.iter().map(|&s| clip(s)).filter(|(a, b)| a < b));
-    spans.sort_unstable();
+    crate::sort::sort(&mut spans);
     let (mut covered, mut hi) = (0u64, cursor);
     let lo = spans.first().map_or(cursor, |s| s.0);
     let mut run: Option<(u64, u64)> = None;
@@ -992,7 +992,7 @@ fn read_cursor_slots(
             return None;
         }
     };
-    let valid = |s: &[u8]| &s[..8] == CURSOR_MAGIC && crc32c::crc32c(&s[..24]) == u32_at(s, 24);
+    let valid = |s: &[u8]| &s[..8] == CURSOR_MAGIC && crate::crc::crc32c(&s[..24]) == u32_at(s, 24);
     // A slot's content is its first 28 bytes (the rest is padding).
     let slots: Vec<&[u8]> = (0..2)
         .filter_map(|i| data.get(i * CURSOR_SLOT_LEN as usize..)?.get(..28))
@@ -1077,7 +1077,7 @@ impl FileBacklog {
                 ids.push(id);
             }
         }
-        ids.sort_unstable();
+        crate::sort::sort(&mut ids);
 
         let mut report = RecoveryReport::default();
         let stored = read_cursor_slots(&dir.join(CURSOR_FILE), !ids.is_empty(), &mut report);
@@ -1205,7 +1205,7 @@ impl FileBacklog {
         slot[..8].copy_from_slice(CURSOR_MAGIC);
         slot[8..16].copy_from_slice(&generation.to_le_bytes());
         slot[16..24].copy_from_slice(&seq.to_le_bytes());
-        let crc = crc32c::crc32c(&slot[..24]);
+        let crc = crate::crc::crc32c(&slot[..24]);
         slot[24..28].copy_from_slice(&crc.to_le_bytes());
         let path = self.cursor_path();
         let always = self.sync_mode == SyncMode::Always;
@@ -1487,7 +1487,7 @@ impl FileBacklog {
             ))
         };
         let payload = &self.buf[8..];
-        if u32_at(&self.buf, 0) != r.len || crc32c::crc32c(payload) != u32_at(&self.buf, 4) {
+        if u32_at(&self.buf, 0) != r.len || crate::crc::crc32c(payload) != u32_at(&self.buf, 4) {
             return Err(corrupt("checksum mismatch".to_string()));
         }
         let (h, points) = decode_payload(payload).map_err(corrupt)?;
@@ -1574,7 +1574,7 @@ impl Backlog for FileBacklog {
                 points.len()
             )));
         };
-        let crc = crc32c::crc32c(&frame[8..]);
+        let crc = crate::crc::crc32c(&frame[8..]);
         frame[..4].copy_from_slice(&len32.to_le_bytes());
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
         let written = self.write_frame(&frame);
@@ -2549,7 +2549,7 @@ mod tests {
         payload.extend_from_slice(&[1, 0xff, 0xff, 0xff]);
         let mut data = fs::read(&seg).unwrap();
         data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        data.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        data.extend_from_slice(&crate::crc::crc32c(&payload).to_le_bytes());
         data.extend_from_slice(&payload);
         fs::write(&seg, data).unwrap();
 
@@ -2573,7 +2573,7 @@ mod tests {
         let seg = d.0.join(segment_name(1));
         let mut data = segment_header().to_vec();
         data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        data.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        data.extend_from_slice(&crate::crc::crc32c(&payload).to_le_bytes());
         data.extend_from_slice(&payload);
         fs::write(&seg, data).unwrap();
         let mut b = open_clean(&d);

@@ -333,7 +333,7 @@ fn v3_failed_lines(body: &str) -> Vec<usize> {
             out.push(n - 1);
         }
     }
-    out.sort_unstable();
+    crate::sort::sort(&mut out);
     out.dedup();
     out
 }

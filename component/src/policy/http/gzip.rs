@@ -11,7 +11,7 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
     // magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
     out.extend_from_slice(&deflated);
-    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&crate::crc::crc32(data).to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out
 }
@@ -24,43 +24,12 @@ pub fn decompress(gz: &[u8]) -> Option<Vec<u8>> {
     }
     let data = miniz_oxide::inflate::decompress_to_vec(&gz[10..gz.len() - 8]).ok()?;
     let crc = u32::from_le_bytes(gz[gz.len() - 8..gz.len() - 4].try_into().ok()?);
-    (crc == crc32(&data)).then_some(data)
-}
-
-/// CRC-32 (IEEE 802.3), as the gzip trailer needs.
-fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    !data.iter().fold(!0u32, |c, b| {
-        TABLE[((c ^ *b as u32) & 0xff) as usize] ^ (c >> 8)
-    })
+    (crc == crate::crc::crc32(&data)).then_some(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-    }
 
     #[test]
     fn round_trips_through_inflate() {
@@ -73,7 +42,7 @@ mod tests {
         bad[12] ^= 1;
         assert_eq!(decompress(&bad), None);
         let trailer = &gz[gz.len() - 8..];
-        assert_eq!(trailer[..4], crc32(&data).to_le_bytes());
+        assert_eq!(trailer[..4], crate::crc::crc32(&data).to_le_bytes());
         assert_eq!(trailer[4..], (data.len() as u32).to_le_bytes());
     }
 }
