@@ -167,11 +167,7 @@ fn mono_ns(origin: Instant) -> u64 {
 
 fn bench_component(c: &mut Criterion) {
     let server = NoContentServer::start();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let tokio = common::tokio_runtime();
     let path = harness::component_path();
     let t = Instant::now();
     let runtime = Runtime::load(&path).expect("load the component");

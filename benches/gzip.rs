@@ -78,11 +78,7 @@ fn bench_gzip(c: &mut Criterion) {
     g.finish();
 
     let server = NoContentServer::start();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let tokio = common::tokio_runtime();
     let runtime = Runtime::load(&harness::component_path()).expect("load the component");
     let text = common::lines(CHUNK);
     let mut e2e = Vec::new();

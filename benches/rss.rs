@@ -46,11 +46,7 @@ fn closed_port() -> u16 {
 
 fn main() {
     let (start_rss, _) = rss_kib();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let tokio = common::tokio_runtime();
     let runtime = Runtime::load(&harness::component_path()).expect("load the component");
     let (loaded_rss, _) = rss_kib();
 

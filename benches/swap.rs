@@ -88,11 +88,7 @@ fn bench_swap(c: &mut Criterion) {
             .origin,
         precompile::Origin::Cached(_)
     ));
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = common::tokio_runtime();
     let limits = Limits::default();
     let server = NoContentServer::start();
     let mut fig = Figures {

@@ -209,16 +209,7 @@ fn a_bad_component_is_refused_and_the_running_version_stays() {
     Sink::require_built();
     let dir = tempfile::tempdir().expect("temp dir");
     // Built first: the sink runs while the swaps are tried.
-    let hostile = |feature: &str| {
-        harness::build_wasm(
-            "tests/hostile/Cargo.toml",
-            "influx-sink-hostile",
-            "release",
-            feature,
-            "hostile",
-            &dir.path().join(format!("{feature}.wasm")),
-        )
-    };
+    let hostile = |feature: &str| harness::build_hostile(feature, dir.path());
     // Cannot read the running one's state (its restore refuses).
     let alien = hostile("trap3");
     // Takes the state, then traps on its first call.

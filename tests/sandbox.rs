@@ -15,7 +15,6 @@
 //! Run: `cargo test --release --test sandbox`
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{generator_section, output_section, tail, write_config, Influxd, Sink, Stdin};
@@ -27,19 +26,6 @@ const CHUNK: u64 = 1000;
 const MEASUREMENT: &str = "sandbox";
 const DB: &str = "sandbox";
 
-/// Build the hostile component with `feature` and copy it to
-/// `<dir>/<feature>.wasm`.
-fn hostile(feature: &str, dir: &Path) -> PathBuf {
-    harness::build_wasm(
-        "tests/hostile/Cargo.toml",
-        "influx-sink-hostile",
-        "release",
-        feature,
-        "hostile",
-        &dir.join(format!("{feature}.wasm")),
-    )
-}
-
 /// One run: `[bad]` runs the hostile `feature` (16 MiB, 200 ms per call),
 /// `[good]` the real component against `influx`; the generator feeds both
 /// TOTAL points. `bad_port` is `[bad]`'s (unused) server port.
@@ -50,7 +36,7 @@ struct Run {
 
 fn start(feature: &str, influx: &Influxd, bad_port: u16, drain_timeout: &str) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
-    let component = hostile(feature, dir.path());
+    let component = harness::build_hostile(feature, dir.path());
     let component = component.to_str().expect("utf-8 path");
     let config = write_config(
         dir.path(),
@@ -134,6 +120,19 @@ fn assert_good_delivered_all(influx: &Influxd, stderr: &str) {
         crashes.is_empty(),
         "the healthy sink was disturbed: {crashes:#?}"
     );
+}
+
+/// A refused attempt harmed nothing: `[bad]` did not crash, both sinks
+/// delivered all their points, and the run ended clean.
+fn assert_both_delivered_all(influx: &Influxd, run: &Run, code: Option<i32>, stderr: &str) {
+    assert_good_delivered_all(influx, stderr);
+    let summary = run.sink.summary();
+    assert_eq!(
+        (summary.accepted, summary.delivered, summary.dropped),
+        (2 * TOTAL, 2 * TOTAL, 0),
+        "summary {summary:?}"
+    );
+    assert_eq!(code, Some(0), "exit code\n{}", tail(stderr, 20));
 }
 
 /// The crash log lines of `[bad]`, each naming what happened.
@@ -359,14 +358,7 @@ fn escape_from_the_backlog_directory_fails() {
         "escaped.txt was written"
     );
 
-    assert_good_delivered_all(&influx, &stderr);
-    let summary = run.sink.summary();
-    assert_eq!(
-        (summary.accepted, summary.delivered, summary.dropped),
-        (2 * TOTAL, 2 * TOTAL, 0),
-        "summary {summary:?}"
-    );
-    assert_eq!(code, Some(0), "exit code\n{}", tail(&stderr, 20));
+    assert_both_delivered_all(&influx, &run, code, &stderr);
 }
 
 #[test]
@@ -406,12 +398,5 @@ fn http_to_a_server_not_in_the_section_is_refused() {
         Err(e) => panic!("accept: {e}"),
     }
 
-    assert_good_delivered_all(&influx, &stderr);
-    let summary = run.sink.summary();
-    assert_eq!(
-        (summary.accepted, summary.delivered, summary.dropped),
-        (2 * TOTAL, 2 * TOTAL, 0),
-        "summary {summary:?}"
-    );
-    assert_eq!(code, Some(0), "exit code\n{}", tail(&stderr, 20));
+    assert_both_delivered_all(&influx, &run, code, &stderr);
 }

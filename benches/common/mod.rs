@@ -69,6 +69,15 @@ pub async fn drain(sink: &mut SinkInstance, max_sleep: Duration) {
 }
 
 /// A generator of `GeneratorSpec::default()` points (20 fields, 10 series).
+/// The async runtime the benches drive the host runtime on: one worker.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 pub fn generator() -> Generator {
     Generator::new(GeneratorSpec::default(), START_NS)
 }

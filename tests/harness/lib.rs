@@ -41,7 +41,7 @@ pub use proxy::{Fault, FaultProxy, Match, Seen};
 pub use sink::{component_path, sink_binary, target_dir, Sink, Stdin, Summary};
 pub use tls::{client_config, https_agent, TestCa, SERVER_NAMES};
 pub use util::{
-    build_wasm, dir_size, free_port, http_agent, tail, wait_stable, wait_until, write_config,
-    Deadline,
+    build_hostile, build_wasm, dir_size, free_port, http_agent, tail, wait_stable, wait_until,
+    write_config, Deadline,
 };
 pub use victoria::VictoriaMetrics;

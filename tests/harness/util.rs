@@ -206,3 +206,16 @@ pub fn build_wasm(
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", artifact.display(), copy_to.display()));
     copy_to.to_path_buf()
 }
+
+/// Build the hostile test component (tests/hostile) with `feature` and copy
+/// it to `<dir>/<feature>.wasm`.
+pub fn build_hostile(feature: &str, dir: &Path) -> PathBuf {
+    build_wasm(
+        "tests/hostile/Cargo.toml",
+        "influx-sink-hostile",
+        "release",
+        feature,
+        "hostile",
+        &dir.join(format!("{feature}.wasm")),
+    )
+}

@@ -1774,29 +1774,7 @@ pub mod inspect {
 mod tests {
     use super::*;
     use crate::backlog::memory::MemoryBacklog;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!(
-                "influx-sink-backlog-{}-{name}-{n}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&p);
-            TestDir(p)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use tempfile::TempDir;
 
     fn pts(from: u64, n: u64) -> Vec<Point> {
         (from..from + n)
@@ -1816,11 +1794,11 @@ mod tests {
         (a..b).collect()
     }
 
-    fn open(d: &TestDir) -> (FileBacklog, RecoveryReport) {
-        FileBacklog::open(&d.0, SyncMode::Batch).unwrap()
+    fn open(d: &TempDir) -> (FileBacklog, RecoveryReport) {
+        FileBacklog::open(d.path(), SyncMode::Batch).unwrap()
     }
 
-    fn open_clean(d: &TestDir) -> FileBacklog {
+    fn open_clean(d: &TempDir) -> FileBacklog {
         let (b, r) = open(d);
         assert!(
             r.warnings.is_empty(),
@@ -1831,8 +1809,8 @@ mod tests {
         b
     }
 
-    fn seg_files(d: &TestDir) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&d.0)
+    fn seg_files(d: &TempDir) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "seg"))
@@ -1841,7 +1819,7 @@ mod tests {
         v
     }
 
-    fn disk_bytes(d: &TestDir) -> u64 {
+    fn disk_bytes(d: &TempDir) -> u64 {
         seg_files(d)
             .iter()
             .map(|p| fs::metadata(p).unwrap().len())
@@ -1867,12 +1845,11 @@ mod tests {
         fs::write(path, data).unwrap();
     }
 
-    fn copy_dir(from: &TestDir, to: &TestDir) {
-        fs::create_dir_all(&to.0).unwrap();
-        for e in fs::read_dir(&from.0).unwrap() {
+    fn copy_dir(from: &TempDir, to: &TempDir) {
+        for e in fs::read_dir(from.path()).unwrap() {
             let e = e.unwrap();
             if e.file_type().unwrap().is_file() {
-                fs::copy(e.path(), to.0.join(e.file_name())).unwrap();
+                fs::copy(e.path(), to.path().join(e.file_name())).unwrap();
             }
         }
     }
@@ -1891,7 +1868,7 @@ mod tests {
 
     #[test]
     fn fifo_across_segments_and_reopen() {
-        let d = TestDir::new("fifo");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.set_segment_bytes(1024);
         for i in 0..40 {
@@ -1924,7 +1901,7 @@ mod tests {
     }
 
     /// Points 0..200 in forty 5-point records over several 1 KiB segments.
-    fn forty_records_in_small_segments(d: &TestDir) -> FileBacklog {
+    fn forty_records_in_small_segments(d: &TempDir) -> FileBacklog {
         let mut b = open_clean(d);
         b.set_segment_bytes(1024);
         for i in 0..40 {
@@ -1935,14 +1912,14 @@ mod tests {
 
     #[test]
     fn trusted_open_leaves_checksums_to_the_reads() {
-        let d = TestDir::new("trusted");
+        let d = tempfile::tempdir().unwrap();
         drop(forty_records_in_small_segments(&d));
         let segs = seg_files(&d);
         assert!(segs.len() > 2);
         let (off, _) = frames(&segs[0])[1];
         flip(&segs[0], off + 20, 0x10);
         // A trusted open does not look; the read finds it and skips it.
-        let (mut b, r) = FileBacklog::open_trusted(&d.0, SyncMode::Batch, None).unwrap();
+        let (mut b, r) = FileBacklog::open_trusted(d.path(), SyncMode::Batch, None).unwrap();
         assert_eq!((r.corrupt_records, r.points), (0, 200));
         let e = b.peek(1000).unwrap_err();
         assert!(e.to_string().contains("dropped its 5 points"), "{e}");
@@ -1955,7 +1932,7 @@ mod tests {
         );
         assert_eq!(got.len(), 195);
         // A plain open would have found it at once.
-        let d2 = TestDir::new("untrusted");
+        let d2 = tempfile::tempdir().unwrap();
         drop(forty_records_in_small_segments(&d2));
         let segs = seg_files(&d2);
         let (off, _) = frames(&segs[0])[1];
@@ -1966,7 +1943,7 @@ mod tests {
 
     #[test]
     fn a_predecessors_index_hint_replaces_reading_sealed_segments() {
-        let d = TestDir::new("hint");
+        let d = tempfile::tempdir().unwrap();
         let mut b = forty_records_in_small_segments(&d);
         b.consume(23).unwrap();
         let hint = b.index_hint().expect("a file backlog gives a hint");
@@ -1979,14 +1956,14 @@ mod tests {
         let segs = seg_files(&d);
         let (off, _) = frames(&segs[1])[1];
         flip(&segs[1], off + 20, 0x10);
-        let (mut b, r) = FileBacklog::open_trusted(&d.0, SyncMode::Batch, Some(&hint)).unwrap();
+        let (mut b, r) = FileBacklog::open_trusted(d.path(), SyncMode::Batch, Some(&hint)).unwrap();
         assert_eq!((r.corrupt_records, b.len()), (0, len));
         let e = b.peek(1000).unwrap_err();
         assert!(e.to_string().contains("dropped its 5 points"), "{e}");
         assert_eq!(b.take_read_losses(), 5);
         drop(b);
         // A hint that no longer matches the files is ignored.
-        let d2 = TestDir::new("stale-hint");
+        let d2 = tempfile::tempdir().unwrap();
         let mut b = forty_records_in_small_segments(&d2);
         b.consume(23).unwrap();
         let mut stale = b.index_hint().unwrap();
@@ -1995,14 +1972,15 @@ mod tests {
             s.1 += 1;
             s.2.clear();
         }
-        let (mut b, r) = FileBacklog::open_trusted(&d2.0, SyncMode::Batch, Some(&stale)).unwrap();
+        let (mut b, r) =
+            FileBacklog::open_trusted(d2.path(), SyncMode::Batch, Some(&stale)).unwrap();
         assert_eq!((r.corrupt_records, b.len()), (0, len));
         assert_eq!(stamps(&b.peek(1000).unwrap()), want);
     }
 
     #[test]
     fn peek_spans_records() {
-        let d = TestDir::new("peek");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..3 {
             b.append(&pts(i * 4, 4), 0).unwrap();
@@ -2024,7 +2002,7 @@ mod tests {
 
     #[test]
     fn consume_survives_reopen() {
-        let d = TestDir::new("consume");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..10 {
             b.append(&pts(i * 10, 10), i as i64).unwrap();
@@ -2045,7 +2023,7 @@ mod tests {
 
     #[test]
     fn enforce_size_and_age() {
-        let d = TestDir::new("enforce");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.set_segment_bytes(1); // one record per segment
         for i in 0..10 {
@@ -2079,7 +2057,7 @@ mod tests {
 
     #[test]
     fn torn_tail_at_every_offset_is_cut() {
-        let template = TestDir::new("torn-template");
+        let template = tempfile::tempdir().unwrap();
         let mut b = open_clean(&template);
         b.append(&pts(0, 3), 1).unwrap();
         b.append(&pts(3, 5), 2).unwrap();
@@ -2089,9 +2067,9 @@ mod tests {
         let name = seg.file_name().unwrap().to_owned();
         let (start, len) = *frames(&seg).last().unwrap();
         for cut in start..start + len {
-            let d = TestDir::new("torn");
+            let d = tempfile::tempdir().unwrap();
             copy_dir(&template, &d);
-            let path = d.0.join(&name);
+            let path = d.path().join(&name);
             OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -2125,7 +2103,7 @@ mod tests {
 
     #[test]
     fn zero_filled_tail_is_torn() {
-        let d = TestDir::new("zeros");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.append(&pts(0, 3), 1).unwrap();
         drop(b);
@@ -2145,11 +2123,11 @@ mod tests {
     #[test]
     fn interrupted_segment_creation_is_removed() {
         for n in [0usize, 5, 15] {
-            let d = TestDir::new("creation");
+            let d = tempfile::tempdir().unwrap();
             let mut b = open_clean(&d);
             b.append(&pts(0, 3), 1).unwrap();
             drop(b);
-            let path = d.0.join(segment_name(7));
+            let path = d.path().join(segment_name(7));
             fs::write(&path, &segment_header()[..n]).unwrap();
             let (mut b, r) = open(&d);
             assert_eq!(
@@ -2166,7 +2144,7 @@ mod tests {
     #[test]
     fn flipped_bit_in_a_middle_record_is_skipped() {
         for (field, at) in [("payload", 20), ("crc", 5)] {
-            let d = TestDir::new("flip");
+            let d = tempfile::tempdir().unwrap();
             let mut b = open_clean(&d);
             for i in 0..5 {
                 b.append(&pts(i * 4, 4), i as i64).unwrap();
@@ -2204,7 +2182,7 @@ mod tests {
 
     /// Twelve 4-point records, about four per segment; the frames of the
     /// first segment.
-    fn three_segments(d: &TestDir) -> (Vec<PathBuf>, Vec<(usize, usize)>) {
+    fn three_segments(d: &TempDir) -> (Vec<PathBuf>, Vec<(usize, usize)>) {
         let mut b = open_clean(d);
         b.append(&pts(0, 4), 0).unwrap();
         // Room for about four records per segment.
@@ -2222,7 +2200,7 @@ mod tests {
 
     #[test]
     fn garbage_length_skips_to_the_next_intact_record() {
-        let d = TestDir::new("garbage-len");
+        let d = tempfile::tempdir().unwrap();
         let (segs, fr) = three_segments(&d);
         let first = &segs[0];
         let size = fs::metadata(first).unwrap().len();
@@ -2249,7 +2227,7 @@ mod tests {
 
     #[test]
     fn garbage_length_with_nothing_intact_after_it_cuts_the_rest() {
-        let d = TestDir::new("garbage-len-last");
+        let d = tempfile::tempdir().unwrap();
         let (segs, fr) = three_segments(&d);
         let first = &segs[0];
         let (last_off, _) = *fr.last().unwrap();
@@ -2273,7 +2251,7 @@ mod tests {
 
     #[test]
     fn zeroed_block_skips_to_the_next_intact_record() {
-        let d = TestDir::new("zero-block");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..6 {
             b.append(&pts(i * 4, 4), i as i64).unwrap();
@@ -2296,7 +2274,7 @@ mod tests {
 
     #[test]
     fn deleted_segment_is_counted_from_sequence_numbers() {
-        let d = TestDir::new("deleted");
+        let d = tempfile::tempdir().unwrap();
         let (segs, fr) = three_segments(&d);
         let second = frames(&segs[1]).len() as u64 * 4;
         let first_points = 4 * fr.len() as u64;
@@ -2317,7 +2295,7 @@ mod tests {
 
         // The first live segment deleted: counted from the cursor, when the
         // cursor is the newest one written...
-        let d = TestDir::new("deleted-head");
+        let d = tempfile::tempdir().unwrap();
         let (segs, _) = three_segments(&d);
         let mut b = open_clean(&d);
         b.consume(2).unwrap();
@@ -2328,7 +2306,7 @@ mod tests {
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         // ...but not from a cursor slot that may lag (the newest slot torn):
         // the points before the first record may have been delivered.
-        let cur = d.0.join(CURSOR_FILE);
+        let cur = d.path().join(CURSOR_FILE);
         let data = fs::read(&cur).unwrap();
         let newest = (0..2).max_by_key(|&i| u64_at(&data, i * 32 + 8)).unwrap();
         flip(&cur, newest * 32 + 20, 1);
@@ -2340,7 +2318,7 @@ mod tests {
 
     #[test]
     fn tail_loss_is_estimated() {
-        let d = TestDir::new("tail-estimate");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..5 {
             b.append(&pts(i * 4, 4), i as i64).unwrap();
@@ -2366,16 +2344,21 @@ mod tests {
         assert_eq!(drain(&mut b, 5), range(0, 12));
     }
 
-    #[test]
-    fn bad_segment_header_is_quarantined() {
-        let d = TestDir::new("quarantine");
-        let mut b = open_clean(&d);
+    /// Points 0..15 in three segments of one 5-point record each.
+    fn three_one_record_segments(d: &TempDir) -> Vec<PathBuf> {
+        let mut b = open_clean(d);
         b.set_segment_bytes(1);
         for i in 0..3 {
             b.append(&pts(i * 5, 5), i as i64).unwrap();
         }
         drop(b);
-        let segs = seg_files(&d);
+        seg_files(d)
+    }
+
+    #[test]
+    fn bad_segment_header_is_quarantined() {
+        let d = tempfile::tempdir().unwrap();
+        let segs = three_one_record_segments(&d);
         flip(&segs[1], 2, 0xff);
         let (mut b, r) = open(&d);
         assert_eq!(r.points, 10);
@@ -2385,7 +2368,10 @@ mod tests {
         );
         assert_eq!(r.warnings.len(), 1);
         assert!(r.warnings[0].contains("quarantine"), "{:?}", r.warnings);
-        let moved = d.0.join(QUARANTINE_DIR).join(segs[1].file_name().unwrap());
+        let moved = d
+            .path()
+            .join(QUARANTINE_DIR)
+            .join(segs[1].file_name().unwrap());
         assert!(moved.exists() && !segs[1].exists());
         assert_eq!(b.peek(100).unwrap().len(), 10);
         drop(b);
@@ -2403,20 +2389,17 @@ mod tests {
 
     #[test]
     fn quarantined_head_is_not_skipped() {
-        let d = TestDir::new("quarantine-head");
-        let mut b = open_clean(&d);
-        b.set_segment_bytes(1);
-        for i in 0..3 {
-            b.append(&pts(i * 5, 5), i as i64).unwrap();
-        }
-        drop(b);
-        let segs = seg_files(&d);
+        let d = tempfile::tempdir().unwrap();
+        let segs = three_one_record_segments(&d);
         flip(&segs[0], 2, 0xff);
         let (b, r) = open(&d);
         assert_eq!((r.points, r.quarantined_points, r.lost_points), (10, 5, 0));
         drop(b);
         // Repaired and put back: its points are delivered, first.
-        let moved = d.0.join(QUARANTINE_DIR).join(segs[0].file_name().unwrap());
+        let moved = d
+            .path()
+            .join(QUARANTINE_DIR)
+            .join(segs[0].file_name().unwrap());
         fs::rename(&moved, &segs[0]).unwrap();
         flip(&segs[0], 2, 0xff);
         let mut b = open_clean(&d);
@@ -2425,7 +2408,7 @@ mod tests {
 
     #[test]
     fn cursor_slots() {
-        let d = TestDir::new("cursor");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..3 {
             b.append(&pts(i * 10, 10), i as i64).unwrap();
@@ -2433,14 +2416,14 @@ mod tests {
         b.consume(5).unwrap();
         b.consume(5).unwrap();
         drop(b);
-        let path = d.0.join(CURSOR_FILE);
+        let path = d.path().join(CURSOR_FILE);
         let data = fs::read(&path).unwrap();
         let newest = (0..2).max_by_key(|&i| u64_at(&data, i * 32 + 8)).unwrap();
 
         // The newest slot torn: the older one (5) is used.
-        let d1 = TestDir::new("cursor-one");
+        let d1 = tempfile::tempdir().unwrap();
         copy_dir(&d, &d1);
-        flip(&d1.0.join(CURSOR_FILE), newest * 32 + 17, 1);
+        flip(&d1.path().join(CURSOR_FILE), newest * 32 + 17, 1);
         let (b, r) = open(&d1);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         assert_eq!(b.len(), 25);
@@ -2465,7 +2448,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_continue_after_reopen() {
-        let d = TestDir::new("seq");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.append(&pts(0, 5), 0).unwrap();
         b.append(&pts(5, 5), 0).unwrap();
@@ -2489,7 +2472,7 @@ mod tests {
 
     #[test]
     fn failed_append_leaves_the_segment_consistent() {
-        let d = TestDir::new("fail");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.append(&pts(0, 3), 0).unwrap();
         let seg = seg_files(&d).pop().unwrap();
@@ -2512,7 +2495,7 @@ mod tests {
 
     #[test]
     fn record_damaged_after_open_is_dropped_once() {
-        let d = TestDir::new("late-damage");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         for i in 0..3 {
             b.append(&pts(i * 4, 4), 0).unwrap();
@@ -2533,7 +2516,7 @@ mod tests {
     /// the next open is clean.
     #[test]
     fn undecodable_body_is_dropped_once_and_forgotten() {
-        let d = TestDir::new("bad-body");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.append(&pts(0, 2), 0).unwrap();
         drop(b);
@@ -2564,13 +2547,13 @@ mod tests {
         assert_eq!(drain(&mut b, 10), range(4, 5));
 
         // The same record at the head is skipped at once.
-        let d = TestDir::new("bad-body-head");
+        let d = tempfile::tempdir().unwrap();
         let mut b = open_clean(&d);
         b.append(&pts(0, 2), 0).unwrap();
         b.consume(2).unwrap();
         drop(b);
         assert!(seg_files(&d).is_empty());
-        let seg = d.0.join(segment_name(1));
+        let seg = d.path().join(segment_name(1));
         let mut data = segment_header().to_vec();
         data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         data.extend_from_slice(&crate::crc::crc32c(&payload).to_le_bytes());
@@ -2589,8 +2572,8 @@ mod tests {
     #[test]
     fn sync_modes_work() {
         for mode in [SyncMode::Always, SyncMode::Batch, SyncMode::Never] {
-            let d = TestDir::new("modes");
-            let (mut b, _) = FileBacklog::open(&d.0, mode).unwrap();
+            let d = tempfile::tempdir().unwrap();
+            let (mut b, _) = FileBacklog::open(d.path(), mode).unwrap();
             b.set_segment_bytes(300);
             for i in 0..10 {
                 b.append(&pts(i * 3, 3), 0).unwrap();
@@ -2598,7 +2581,7 @@ mod tests {
             }
             b.consume(4).unwrap();
             drop(b);
-            let (mut b, r) = FileBacklog::open(&d.0, mode).unwrap();
+            let (mut b, r) = FileBacklog::open(d.path(), mode).unwrap();
             assert!(r.warnings.is_empty());
             assert_eq!(drain(&mut b, 7), range(4, 30));
         }
@@ -2608,7 +2591,7 @@ mod tests {
     #[test]
     fn matches_memory_backlog() {
         for seed in 1..=4u64 {
-            let d = TestDir::new("model");
+            let d = tempfile::tempdir().unwrap();
             let mut f = open_clean(&d);
             f.set_segment_bytes(2000);
             let mut m = MemoryBacklog::new();
@@ -2702,8 +2685,8 @@ mod tests {
                 }
             })
             .collect();
-        let d = TestDir::new("speed");
-        let (mut b, _) = FileBacklog::open(&d.0, mode).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let (mut b, _) = FileBacklog::open(d.path(), mode).unwrap();
         let t = Instant::now();
         for (i, chunk) in points.chunks(batch as usize).enumerate() {
             b.append(chunk, i as i64).unwrap();
@@ -2713,7 +2696,7 @@ mod tests {
         let bytes = b.bytes();
         drop(b);
         let t = Instant::now();
-        let (mut b, r) = FileBacklog::open(&d.0, mode).unwrap();
+        let (mut b, r) = FileBacklog::open(d.path(), mode).unwrap();
         let open = t.elapsed();
         assert_eq!(r.points, total);
         let t = Instant::now();

@@ -482,28 +482,7 @@ mod tests {
     use super::*;
     use influx_sink_component::backlog::file::{FileBacklog, SyncMode};
     use influx_sink_component::backlog::Backlog;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!(
-                "influx-sink-scan-{}-{name}-{n}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&p);
-            TestDir(p)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use tempfile::TempDir;
 
     fn pts(from: u64, n: u64) -> Vec<Point> {
         (from..from + n)
@@ -517,8 +496,8 @@ mod tests {
 
     /// A backlog of 12 records of 5 points, 4 records per segment, the
     /// first `consumed` points delivered.
-    fn build(d: &TestDir, consumed: u64) {
-        let (mut b, _) = FileBacklog::open(&d.0, SyncMode::Never).unwrap();
+    fn build(d: &TempDir, consumed: u64) {
+        let (mut b, _) = FileBacklog::open(d.path(), SyncMode::Never).unwrap();
         b.append(&pts(0, 5), 0).unwrap();
         let rec = b.bytes() - 16;
         b.set_segment_bytes(16 + 4 * rec);
@@ -528,8 +507,8 @@ mod tests {
         b.consume(consumed).unwrap();
     }
 
-    fn segs(d: &TestDir) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&d.0)
+    fn segs(d: &TempDir) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "seg"))
@@ -556,14 +535,14 @@ mod tests {
     }
 
     /// The scan predicts what open then finds, and lists the same points.
-    fn agree(d: &TestDir, case: &str) -> Report {
+    fn agree(d: &TempDir, case: &str) -> Report {
         let mut seen = Vec::new();
-        let r = scan(&d.0, Depth::All, &mut |p: &[Point]| {
+        let r = scan(d.path(), Depth::All, &mut |p: &[Point]| {
             seen.extend_from_slice(p);
             Ok(())
         })
         .unwrap();
-        let (mut b, open) = FileBacklog::open(&d.0, SyncMode::Never).unwrap();
+        let (mut b, open) = FileBacklog::open(d.path(), SyncMode::Never).unwrap();
         let ctx = format!("{case}: scan {r:?}\nopen {open:?}");
         assert_eq!(r.points, open.points, "{ctx}");
         assert_eq!(r.torn_bytes, open.torn_bytes, "{ctx}");
@@ -576,7 +555,7 @@ mod tests {
 
     #[test]
     fn scan_predicts_what_open_repairs() {
-        let d = TestDir::new("clean");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 7);
         let r = agree(&d, "clean");
         assert!(r.damage.is_empty() && r.warnings.is_empty(), "{r:?}");
@@ -587,7 +566,7 @@ mod tests {
             (Some(1), Some(11))
         );
 
-        let d = TestDir::new("flip");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
         let s = &segs(&d)[1];
         let off = frames(s)[2];
@@ -596,38 +575,38 @@ mod tests {
         assert_eq!(r.damage.len(), 1);
         assert_eq!(r.damage[0].offset, Some(off as u64));
 
-        let d = TestDir::new("garbage-len");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
         let s = &segs(&d)[0];
         let off = frames(s)[1];
         edit(s, |v| v[off + 2] ^= 0x40);
         agree(&d, "garbage length");
 
-        let d = TestDir::new("torn");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
         let s = segs(&d).pop().unwrap();
         edit(&s, |v| v.truncate(v.len() - 7));
         let r = agree(&d, "torn");
         assert!(r.torn_bytes > 0);
 
-        let d = TestDir::new("zeros");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
         let s = segs(&d).pop().unwrap();
         edit(&s, |v| v.extend_from_slice(&[0; 40]));
         assert_eq!(agree(&d, "zeros").torn_bytes, 40);
 
-        let d = TestDir::new("bad-header");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
         edit(&segs(&d)[1], |v| v[3] ^= 0xff);
         let r = agree(&d, "bad header");
         assert_eq!(r.bad_segments, 1);
 
-        let d = TestDir::new("creation");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 0);
-        fs::write(d.0.join(format!("{:016x}.seg", 99)), b"INFXSE").unwrap();
+        fs::write(d.path().join(format!("{:016x}.seg", 99)), b"INFXSE").unwrap();
         assert_eq!(agree(&d, "interrupted creation").torn_bytes, 6);
 
-        let d = TestDir::new("delivered-damage");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 12);
         let s = &segs(&d)[0];
         let off = frames(s)[1];
@@ -637,29 +616,29 @@ mod tests {
         assert_eq!(r.damage.len(), 1);
         assert!(!r.damage[0].live);
 
-        let d = TestDir::new("no-cursor");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 10);
-        fs::remove_file(d.0.join(inspect::CURSOR)).unwrap();
+        fs::remove_file(d.path().join(inspect::CURSOR)).unwrap();
         let r = agree(&d, "no cursor");
         assert_eq!(r.points, 60);
     }
 
     #[test]
     fn scan_writes_nothing() {
-        let d = TestDir::new("readonly");
+        let d = tempfile::tempdir().unwrap();
         build(&d, 3);
         let s = segs(&d).pop().unwrap();
         edit(&s, |v| v.truncate(v.len() - 3));
         edit(&segs(&d)[0], |v| v[2] ^= 1);
-        let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&d.0)
+        let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .map(|p| (p.clone(), fs::read(&p).unwrap()))
             .collect();
-        let r = scan(&d.0, Depth::All, &mut |_: &[Point]| Ok(())).unwrap();
+        let r = scan(d.path(), Depth::All, &mut |_: &[Point]| Ok(())).unwrap();
         assert_eq!(r.bad_segments, 1);
         assert!(r.torn_bytes > 3, "the whole cut record is torn: {r:?}");
-        let after: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&d.0)
+        let after: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .map(|p| (p.clone(), fs::read(&p).unwrap()))
