@@ -11,6 +11,7 @@ use crate::deadletter::DeadLetterFile;
 use crate::line_protocol::{self, FieldValue};
 use crate::policy::{Level, Outcome, Policy, Request};
 use crate::snapshot;
+use crate::stamp::UNSTAMPED;
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -464,6 +465,7 @@ impl GuestSink for Sink {
         let state = snapshot::decode(&bytes)?;
         let mut driver = Driver::new(state.settings, Some(state.backlog_hint.as_ref()))?;
         driver.policy.resume(state.carried, now(), wall());
+        driver.policy.resume_stamps(state.stamper);
         driver.lineage = state.lineage;
         driver.drain_outputs();
         Ok(wit::Sink::new(Sink {
@@ -474,7 +476,7 @@ impl GuestSink for Sink {
     fn write_lines(&self, lines: Vec<u8>) -> wit::WriteResult {
         let mut d = self.inner.borrow_mut();
         let w = wall();
-        let (points, errors) = line_protocol::parse_lines(&lines, w);
+        let (points, errors) = line_protocol::parse_lines(&lines, UNSTAMPED);
         let accepted = points.len() as u32;
         d.policy.count_rejected(errors.len() as u64);
         d.policy.write(points, now(), w);
@@ -499,8 +501,13 @@ impl GuestSink for Sink {
                 .into_iter()
                 .map(|(k, v)| (k, to_field(v)))
                 .collect();
-            match line_protocol::point_from_parts(&p.measurement, &p.tags, &fields, p.timestamp, w)
-            {
+            match line_protocol::point_from_parts(
+                &p.measurement,
+                &p.tags,
+                &fields,
+                p.timestamp,
+                UNSTAMPED,
+            ) {
                 Ok(point) => ok.push(point),
                 Err(e) => rejected.push(wit::Rejection {
                     index: i as u32,
@@ -564,6 +571,7 @@ impl GuestSink for Sink {
             d.policy.settings(),
             &d.policy.carry(now()),
             hint.as_ref(),
+            d.policy.stamper(),
             &lineage,
         )
     }

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod sim;
 pub mod snapshot;
 pub mod sort;
+pub mod stamp;
 pub mod timefmt;
 
 #[cfg(target_arch = "wasm32")]

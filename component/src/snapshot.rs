@@ -9,8 +9,11 @@
 //! rather than misread it (the scheme of SQLite's read/write versions and
 //! ext4's incompatible features).
 //!
-//! The `next` feature builds the live-upgrade test's "version 2": another
-//! version string and state version 2, which adds `lineage` (the builds the
+//! State version 2 adds the stamper (the last time each fast series was
+//! stamped with), so a swap cannot give a series a time twice.
+//!
+//! The `next` feature builds the live-upgrade test's "version 3": another
+//! version string and state version 3, which adds `lineage` (the builds the
 //! state went through).
 
 use serde::{Deserialize, Serialize};
@@ -19,11 +22,12 @@ use crate::backlog::file::IndexHint;
 use crate::config::Settings;
 use crate::point::Point;
 use crate::policy::Carried;
+use crate::stamp::Stamper;
 
 #[cfg(not(feature = "next"))]
-pub const STATE_VERSION: u16 = 1;
-#[cfg(feature = "next")]
 pub const STATE_VERSION: u16 = 2;
+#[cfg(feature = "next")]
+pub const STATE_VERSION: u16 = 3;
 
 /// The oldest build (by state version) that may read what this one writes.
 const MIN_READER: u16 = 1;
@@ -40,8 +44,11 @@ pub struct State {
     pub settings: Settings,
     pub carried: Carried,
     pub backlog_hint: Option<IndexHint>,
-    /// Builds this state went through, oldest first (state version 2; empty
-    /// when the writer or the reader is version 1).
+    /// Per-series stamps ahead of the clock (state version 2; empty from
+    /// a version 1 writer).
+    pub stamper: Stamper,
+    /// Builds this state went through, oldest first (state version 3; empty
+    /// when the writer or the reader is older).
     pub lineage: Vec<String>,
 }
 
@@ -55,9 +62,15 @@ struct Base<S, P, H> {
 }
 
 /// What state version 2 adds.
+#[derive(Serialize, Deserialize)]
+struct Ext2<T> {
+    stamper: T,
+}
+
+/// What state version 3 adds.
 #[cfg(feature = "next")]
 #[derive(Serialize, Deserialize)]
-struct Ext2 {
+struct Ext3 {
     lineage: Vec<String>,
 }
 
@@ -67,6 +80,7 @@ pub fn encode(
     settings: &Settings,
     carried: &Carried<&Point>,
     backlog_hint: Option<&IndexHint>,
+    stamper: &Stamper,
     lineage: &[String],
 ) -> Vec<u8> {
     let base = Base {
@@ -81,9 +95,10 @@ pub fn encode(
     out[..2].copy_from_slice(&STATE_VERSION.to_le_bytes());
     out[2..4].copy_from_slice(&MIN_READER.to_le_bytes());
     postcard::to_slice(&base, &mut out[4..]).expect("state encodes");
+    let out = postcard::to_extend(&Ext2 { stamper }, out).expect("state encodes");
     #[cfg(feature = "next")]
     let out = postcard::to_extend(
-        &Ext2 {
+        &Ext3 {
             lineage: lineage.to_vec(),
         },
         out,
@@ -114,11 +129,19 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
         settings: base.settings,
         carried: base.carried,
         backlog_hint: base.backlog_hint,
+        stamper: Stamper::default(),
         lineage: Vec::new(),
     };
-    #[cfg(feature = "next")]
+    let mut rest = rest;
     if version >= 2 {
-        let (ext, _): (Ext2, &[u8]) = postcard::take_from_bytes(rest).map_err(damaged)?;
+        let (ext, more): (Ext2<Stamper>, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(damaged)?;
+        state.stamper = ext.stamper;
+        rest = more;
+    }
+    #[cfg(feature = "next")]
+    if version >= 3 {
+        let (ext, _): (Ext3, &[u8]) = postcard::take_from_bytes(rest).map_err(damaged)?;
         state.lineage = ext.lineage;
     }
     // Extensions of versions this build does not know are skipped: their
@@ -135,21 +158,19 @@ mod tests {
 
     fn state() -> State {
         let mut p = Policy::new(Settings::defaults("o"), MemoryBacklog::new(), 0, 0);
-        p.write(
-            vec![Point {
-                line: "m f=1".into(),
-                series_len: 1,
-                timestamp: 5,
-            }],
-            0,
-            0,
-        );
+        let point = |timestamp| Point {
+            line: "m f=1".into(),
+            series_len: 1,
+            timestamp,
+        };
+        p.write(vec![point(5), point(crate::stamp::UNSTAMPED)], 0, 7);
         State {
             settings: Settings::defaults("o"),
             carried: p.carry(0).to_owned(),
             backlog_hint: Some(IndexHint {
                 segments: vec![(3, 100, vec![(8, 50, 10, 5, 77)])],
             }),
+            stamper: p.stamper().clone(),
             lineage: Vec::new(),
         }
     }
@@ -159,6 +180,7 @@ mod tests {
             &s.settings,
             &s.carried.as_refs(),
             s.backlog_hint.as_ref(),
+            &s.stamper,
             &s.lineage,
         )
     }
@@ -168,7 +190,8 @@ mod tests {
         let s = state();
         let bytes = bytes(&s);
         assert_eq!(decode(&bytes).unwrap(), s);
-        assert_eq!(decode(&bytes).unwrap().carried.points.len(), 1);
+        assert_eq!(decode(&bytes).unwrap().carried.points.len(), 2);
+        assert_ne!(s.stamper, Stamper::default(), "the stamper travels too");
         // A state that only builds reading version 9 may read: refused.
         let mut newer = bytes.clone();
         newer[0] = 9;

@@ -349,7 +349,9 @@ fn a_limit_dropping_reserved_points_does_not_consume_newer_ones() {
         2_000 + 86_400 * 1_000_000_000,
         &mut r,
     );
-    assert_eq!(st.consume_reserved(10).unwrap(), 0);
+    let done = st.consume_reserved(10).unwrap();
+    assert_eq!(done.consumed, 0);
+    assert_eq!(done.reclaimed.age, 10, "the answered ones are not dropped");
     assert_eq!(st.len(), 10, "newer points were consumed in their place");
 }
 

@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use crate::backlog::Backlog;
 use crate::config::{Api, Settings, NANOS};
 use crate::point::Point;
+use crate::stamp::Stamper;
 use backoff::Jitter;
 pub use http::{Outcome, Purpose, Request, Verdict};
 pub use log::{Level, LogLine};
@@ -231,6 +232,8 @@ pub struct Policy<B: Backlog> {
     /// Backlog points flushed since the drain began (for its log lines).
     draining: Option<Drain>,
     counters: Counters,
+    /// Times for points that came without one.
+    stamper: Stamper,
     jitter: Jitter,
     logs: VecDeque<LogLine>,
     /// The latest (monotonic, wall) pair seen, to turn wall-clock deadlines
@@ -270,6 +273,7 @@ impl<B: Backlog> Policy<B> {
             outage_logged: false,
             draining: None,
             counters: Counters::default(),
+            stamper: Stamper::default(),
             jitter: Jitter::new(seed),
             logs: VecDeque::new(),
             clock: (now, wall),
@@ -317,6 +321,16 @@ impl<B: Backlog> Policy<B> {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The stamper's state, for a snapshot.
+    pub fn stamper(&self) -> &Stamper {
+        &self.stamper
+    }
+
+    /// Carry on with a predecessor's stamper (a swap).
+    pub fn resume_stamps(&mut self, stamper: Stamper) {
+        self.stamper = stamper;
     }
 
     /// Count points refused before they reached the policy (malformed).
@@ -464,9 +478,12 @@ impl<B: Backlog> Policy<B> {
 
     // ----- commands from the pipeline -----
 
-    /// Accept points (already validated and timestamped).
-    pub fn write(&mut self, points: Vec<Point>, now: Instant, wall: i64) {
+    /// Accept validated points; those timestamped `UNSTAMPED` get their
+    /// time here (see `stamp`).
+    pub fn write(&mut self, mut points: Vec<Point>, now: Instant, wall: i64) {
         self.clock = (now, wall);
+        self.stamper
+            .stamp(&mut points, wall, self.s.precision.nanos());
         self.counters.accepted += points.len() as u64;
         for p in points {
             if self.batch.is_empty() {
@@ -1031,25 +1048,24 @@ impl<B: Backlog> Policy<B> {
     /// refused for good and go to the dead-letter file, the rest are in.
     fn finish(&mut self, points: Vec<Point>, from_backlog: bool, rejected: &[usize], reason: &str) {
         let n = points.len() as u64;
-        // Points a limit dropped while they were out are counted there.
-        let present = if from_backlog {
+        if from_backlog {
             match self.storage.consume_reserved(n) {
-                Ok(k) => k,
-                Err(e) => {
-                    self.log(
-                        Level::Error,
-                        format!("Could not advance the backlog cursor: {e}"),
-                    );
-                    n
+                // Points a limit dropped while they were out reached the
+                // server all the same: they count as answered, not dropped.
+                Ok(done) => {
+                    self.counters.drops.remove(&done.reclaimed);
+                    self.counters.dropped = self.counters.drops.total();
                 }
+                Err(e) => self.log(
+                    Level::Error,
+                    format!("Could not advance the backlog cursor: {e}"),
+                ),
             }
-        } else {
-            n
-        };
+        }
         let bad: Vec<&Point> = rejected.iter().filter_map(|i| points.get(*i)).collect();
-        let bad_n = (bad.len() as u64).min(present);
+        let bad_n = bad.len() as u64;
         self.counters.rejected += bad_n;
-        self.counters.delivered += present - bad_n;
+        self.counters.delivered += n - bad_n;
         self.streak = 0;
         self.health[self.active].streak = 0;
         self.auth_failing = false;

@@ -47,13 +47,38 @@ impl Drops {
     }
 
     pub fn add(&mut self, reason: DropReason, n: u64) {
+        *self.of(reason) += n;
+    }
+
+    fn of(&mut self, reason: DropReason) -> &mut u64 {
         match reason {
-            DropReason::Size => self.size += n,
-            DropReason::Bytes => self.bytes += n,
-            DropReason::Age => self.age += n,
-            DropReason::Storage => self.storage += n,
-            DropReason::Corrupt => self.corrupt += n,
+            DropReason::Size => &mut self.size,
+            DropReason::Bytes => &mut self.bytes,
+            DropReason::Age => &mut self.age,
+            DropReason::Storage => &mut self.storage,
+            DropReason::Corrupt => &mut self.corrupt,
         }
+    }
+
+    /// Take away `other` (counts of points that turned out not dropped).
+    pub fn remove(&mut self, other: &Drops) {
+        self.size -= other.size;
+        self.bytes -= other.bytes;
+        self.age -= other.age;
+        self.storage -= other.storage;
+        self.corrupt -= other.corrupt;
+    }
+
+    /// Move up to `n` counts out of these into a new `Drops`.
+    fn take(&mut self, mut n: u64) -> Drops {
+        let mut out = Drops::default();
+        for reason in [DropReason::Size, DropReason::Bytes, DropReason::Age] {
+            let k = n.min(*self.of(reason));
+            *self.of(reason) -= k;
+            out.add(reason, k);
+            n -= k;
+        }
+        out
     }
 }
 
@@ -85,7 +110,7 @@ impl Report<'_> {
         n: u64,
         message: String,
     ) {
-        storage.head_dropped(n);
+        storage.head_dropped(reason, n);
         self.dropped(reason, n, message);
     }
 }
@@ -106,10 +131,20 @@ pub struct Storage<B: Backlog> {
     /// While the backlog is failing: when to try it again.
     retry_at: Option<Instant>,
     /// Head points out for delivery (an in-flight write or a bisection);
-    /// of those, `lost` were dropped by a limit meanwhile, so their answer
-    /// must not consume newer points in their place.
+    /// of those, `lost` were dropped by a limit meanwhile (by reason), so
+    /// their answer must not consume newer points in their place.
     reserved: u64,
-    lost: u64,
+    lost: Drops,
+}
+
+/// What an answered reservation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumed {
+    /// Points taken from the backlog.
+    pub consumed: u64,
+    /// Points a limit had dropped while they were out, which the server
+    /// took all the same: counted as answered, no longer as dropped.
+    pub reclaimed: Drops,
 }
 
 impl<B: Backlog> Storage<B> {
@@ -127,7 +162,7 @@ impl<B: Backlog> Storage<B> {
             held_limit: MIN_HELD_POINTS.max(10 * s.batch_size as u64),
             retry_at: None,
             reserved: 0,
-            lost: 0,
+            lost: Drops::default(),
         }
     }
 
@@ -184,29 +219,35 @@ impl<B: Backlog> Storage<B> {
     /// or `release`.
     pub fn reserve(&mut self, n: u64) {
         self.reserved = n;
-        self.lost = 0;
+        self.lost = Drops::default();
     }
 
-    /// The next `n` reserved points are done with (delivered or rejected):
-    /// consume those still in the backlog; returns how many that was.
-    pub fn consume_reserved(&mut self, n: u64) -> Result<u64, crate::backlog::BacklogError> {
+    /// The next `n` reserved points are done with (the server answered
+    /// for them): consume those still in the backlog.
+    pub fn consume_reserved(&mut self, n: u64) -> Result<Consumed, crate::backlog::BacklogError> {
         let n = n.min(self.reserved);
-        let gone = n.min(self.lost);
-        self.lost -= gone;
+        // Limits drop from the head, so the lost ones come first.
+        let reclaimed = self.lost.take(n);
         self.reserved -= n;
-        self.backlog.consume(n - gone)?;
-        Ok(n - gone)
+        let consumed = n - reclaimed.total();
+        self.backlog.consume(consumed)?;
+        Ok(Consumed {
+            consumed,
+            reclaimed,
+        })
     }
 
-    /// The reserved points stay in the backlog (the delivery failed).
+    /// The reserved points stay in the backlog (the delivery failed); any
+    /// a limit dropped meanwhile stay dropped.
     pub fn release(&mut self) {
         self.reserved = 0;
-        self.lost = 0;
+        self.lost = Drops::default();
     }
 
     /// A limit dropped `n` head points: some may be reserved ones.
-    fn head_dropped(&mut self, n: u64) {
-        self.lost += n.min(self.reserved - self.lost);
+    fn head_dropped(&mut self, reason: DropReason, n: u64) {
+        let free = self.reserved - self.lost.total();
+        self.lost.add(reason, n.min(free));
     }
 
     /// The oldest held batch, to send while the backlog cannot take it.
