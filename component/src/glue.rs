@@ -559,6 +559,7 @@ impl GuestSink for Sink {
             held_points: d.policy.held_points(),
             reconnect_attempts: s.counters.reconnect_attempts,
             state: s.state.to_string(),
+            room: d.policy.room(),
         }
     }
 

@@ -17,7 +17,42 @@ use crate::log;
 /// A piece of input: whole lines, and the 1-based number of its first line.
 pub struct Chunk {
     pub bytes: Arc<Vec<u8>>,
+    /// This chunk's lines are `bytes[start..end]` (a chunk is written in
+    /// parts when the sink has room for only some of it).
+    pub start: usize,
+    pub end: usize,
     pub first_line: u64,
+}
+
+impl Chunk {
+    /// The lines of this chunk.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    /// Cut after the first `lines` lines (at least one): those, and the
+    /// rest if any.
+    pub fn split_lines(self, lines: u64) -> (Chunk, Option<Chunk>) {
+        let cut = self
+            .data()
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(lines.max(1) as usize - 1)
+            .map(|(i, _)| self.start + i + 1)
+            .filter(|&at| at < self.end);
+        let Some(at) = cut else {
+            return (self, None);
+        };
+        let rest = Chunk {
+            bytes: self.bytes.clone(),
+            start: at,
+            end: self.end,
+            first_line: self.first_line + lines.max(1),
+        };
+        let head = Chunk { end: at, ..self };
+        (head, Some(rest))
+    }
 }
 
 /// The receiving end one sink task holds.
@@ -71,6 +106,8 @@ impl Fanout {
         for o in &mut self.outlets {
             let chunk = Chunk {
                 bytes: bytes.clone(),
+                start: 0,
+                end: bytes.len(),
                 first_line,
             };
             if !self.live {
@@ -115,6 +152,31 @@ mod tests {
         );
         assert_eq!(slow.missed.load(Ordering::Relaxed), 2);
         assert_eq!(fast.missed.load(Ordering::Relaxed), 0);
+    }
+
+    fn chunk(text: &[u8]) -> Chunk {
+        Chunk {
+            bytes: Arc::new(text.to_vec()),
+            start: 0,
+            end: text.len(),
+            first_line: 10,
+        }
+    }
+
+    #[test]
+    fn split_lines_cuts_after_whole_lines() {
+        let (head, rest) = chunk(b"a 1\nb 1\nc 1\n").split_lines(2);
+        assert_eq!(head.data(), b"a 1\nb 1\n");
+        assert_eq!(head.first_line, 10);
+        let rest = rest.unwrap();
+        assert_eq!((rest.data(), rest.first_line), (&b"c 1\n"[..], 12));
+        let (again, none) = rest.split_lines(5);
+        assert_eq!(again.data(), b"c 1\n");
+        assert!(none.is_none());
+        // A last line without its newline stays with the rest.
+        let (head, rest) = chunk(b"a 1\nb 1").split_lines(1);
+        assert_eq!(head.data(), b"a 1\n");
+        assert_eq!(rest.unwrap().data(), b"b 1");
     }
 
     #[tokio::test]

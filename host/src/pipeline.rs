@@ -86,6 +86,7 @@ pub async fn run(
 ) -> Result<(Summary, bool)> {
     // Instantiate every sink before reading any input: a bad config or a
     // component that refuses its settings starts nothing.
+    let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
     let mut sinks = Vec::new();
     for ((output, sandbox), runtime) in spec.outputs.iter().zip(&spec.sandboxes).zip(runtimes) {
         let instance = runtime
@@ -98,11 +99,11 @@ pub async fn run(
             limits: sandbox.limits,
             runtime,
             drain_timeout: opts.drain_timeout,
+            live,
             retired: Summary::default(),
         };
         sinks.push((ctx, instance));
     }
-    let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
     let mut fanout = Fanout::new(live);
     let mut tasks = Vec::new();
     let mut handles = Vec::new();
@@ -239,6 +240,9 @@ struct SinkCtx {
     limits: Limits,
     runtime: Runtime,
     drain_timeout: Duration,
+    /// The source cannot wait (a generator with a rate): the sink takes
+    /// all it is given, spilling to its backlog, rather than hold it back.
+    live: bool,
     /// Counters of instances closed by a config reload.
     retired: Summary,
 }
@@ -248,6 +252,8 @@ struct Feed {
     rx: mpsc::Receiver<Chunk>,
     /// The chunk an instance crashed on, written again to the next one.
     retry: Option<Chunk>,
+    /// The part of a chunk the sink had no room for yet.
+    rest: Option<Chunk>,
     /// The source has ended and the queue was read to its end.
     input_done: bool,
     /// When draining gives up: `drain_timeout` after the input ended.
@@ -288,7 +294,7 @@ struct Ledger {
 
 /// The number of lines (points) in a chunk.
 fn lines_in(chunk: &Chunk) -> u64 {
-    let b = &chunk.bytes;
+    let b = chunk.data();
     let newlines = b.iter().filter(|c| **c == b'\n').count() as u64;
     newlines + u64::from(b.last().is_some_and(|c| *c != b'\n'))
 }
@@ -323,6 +329,7 @@ async fn sink_task(
     let mut feed = Feed {
         rx: inlet.rx,
         retry: None,
+        rest: None,
         input_done: false,
         drain_deadline: None,
         rejections_logged: 0,
@@ -538,7 +545,11 @@ impl Ledger {
 
     /// The sink stays down: what is left of its input is lost.
     fn abandon(&mut self, name: &str, feed: &mut Feed) {
-        let mut n = feed.retry.take().map_or(0, |c| lines_in(&c));
+        let mut n = [feed.retry.take(), feed.rest.take()]
+            .iter()
+            .flatten()
+            .map(lines_in)
+            .sum::<u64>();
         while let Ok(chunk) = feed.rx.try_recv() {
             n += lines_in(&chunk);
         }
@@ -587,7 +598,7 @@ async fn write(
     chunk: Chunk,
     retried: bool,
 ) -> std::result::Result<(), Crash> {
-    let result = match sink.write_lines(&chunk.bytes).await {
+    let result = match sink.write_lines(chunk.data()).await {
         Ok(r) => r,
         Err(e) => {
             return Err(Crash {
@@ -615,6 +626,20 @@ async fn write(
     refresh(sink, seen).await
 }
 
+/// Write as much of `chunk` as the sink has room for; keep the rest.
+async fn write_within(
+    name: &str,
+    sink: &mut SinkInstance,
+    feed: &mut Feed,
+    seen: &mut Seen,
+    chunk: Chunk,
+    room: u64,
+) -> std::result::Result<(), Crash> {
+    let (now, rest) = chunk.split_lines(room);
+    feed.rest = rest;
+    write(name, sink, feed, seen, now, false).await
+}
+
 /// Feed the sink until the input ends, then drain until nothing is pending
 /// or `drain_timeout` passes; `stop` cuts both short. Ends with `Err` when
 /// a call into the instance fails: the instance must then be discarded.
@@ -632,12 +657,26 @@ async fn drive(
     }
     while !feed.input_done {
         let wait = turn(sink, seen).await?;
+        // A sink with the server up takes what it can send soon; the rest
+        // waits here, and a full queue holds the source back (or, for a
+        // live source, makes it skip this sink: counted).
+        let room = match &seen.stats {
+            _ if ctx.live => u64::MAX,
+            Some(st) => st.room,
+            None => 0,
+        };
+        if room > 0 {
+            if let Some(rest) = feed.rest.take() {
+                write_within(name, sink, feed, seen, rest, room).await?;
+                continue;
+            }
+        }
         tokio::select! {
             biased;
             _ = stopped(stop) => return Ok(()),
             cmd = next_swap(&mut feed.swaps) => swap_to(ctx, sink, seen, cmd).await?,
-            chunk = feed.rx.recv() => match chunk {
-                Some(chunk) => write(name, sink, feed, seen, chunk, false).await?,
+            chunk = feed.rx.recv(), if room > 0 && feed.rest.is_none() => match chunk {
+                Some(chunk) => write_within(name, sink, feed, seen, chunk, room).await?,
                 None => feed.input_done = true,
             },
             _ = tokio::time::sleep(wait) => {}

@@ -30,6 +30,9 @@ pub type Instant = u64;
 /// Full batches held in memory while connected before they go to the
 /// backlog: bounds memory when the server is slow but up.
 const MAX_READY_BATCHES: usize = 4;
+/// Points held for sending while connected, at least (small batches):
+/// `room` offers the host this much, so it need not write tiny chunks.
+const MIN_READY_POINTS: usize = 4096;
 /// The same bound in bytes, for large batches of large points: memory is
 /// capped per instance (`max_memory_mb`), and a snapshot needs about twice
 /// what is held.
@@ -471,6 +474,32 @@ impl<B: Backlog> Policy<B> {
         }
     }
 
+    /// Points the policy takes now without putting them in the backlog
+    /// while the server is up (`u64::MAX`: there is no such bound, as the
+    /// server is down and points go to the backlog anyway). A replayable
+    /// source writes at most this much, so a server slower than its input
+    /// slows the input instead of filling the backlog; 0 while the first
+    /// connection check is under way.
+    pub fn room(&self) -> u64 {
+        match self.conn {
+            Conn::Connecting { attempt: 0 } => 0,
+            Conn::Connected => {
+                let held: usize = self.ready.iter().map(Vec::len).sum::<usize>() + self.batch.len();
+                let bytes: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
+                if bytes >= MAX_READY_BYTES / 2 {
+                    return 0;
+                }
+                self.ready_capacity().saturating_sub(held) as u64
+            }
+            Conn::Connecting { .. } | Conn::BackingOff { .. } => u64::MAX,
+        }
+    }
+
+    /// Points held for sending while connected before they spill.
+    fn ready_capacity(&self) -> usize {
+        (MAX_READY_BATCHES * self.s.batch_size as usize).max(MIN_READY_POINTS)
+    }
+
     /// Is a request with this id still awaited? The driver drops any other.
     pub fn awaits(&self, id: u64) -> bool {
         self.in_flight.as_ref().is_some_and(|f| f.id == id)
@@ -773,9 +802,8 @@ impl<B: Backlog> Policy<B> {
         if self.conn == Conn::Connected {
             self.ready.push_back(batch);
             let held: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
-            if self.ready.len() > MAX_READY_BATCHES
-                || (self.ready.len() > 1 && held > MAX_READY_BYTES)
-            {
+            let most = self.ready_capacity().div_ceil(self.s.batch_size as usize);
+            if self.ready.len() > most || (self.ready.len() > 1 && held > MAX_READY_BYTES) {
                 // The server is slower than the input: keep order by moving
                 // the in-flight batch and the oldest ready one to the backlog.
                 self.spill_in_flight();

@@ -263,6 +263,7 @@ impl GuestSink for Sink {
             held_points: 0,
             reconnect_attempts: 0,
             state: "connected".into(),
+            room: u64::MAX,
         }
     }
 
