@@ -19,6 +19,9 @@ pub struct Settings {
     pub password: String,
     pub measurement: String,
     pub batch_size: u32,
+    /// Batches sent at once while the server is up (memory batches only:
+    /// the backlog drains one batch at a time, oldest first).
+    pub max_requests_in_flight: u32,
     pub batch_timeout: f64,
     pub reconnect_attempts: u32,
     pub reconnect_delay: f64,
@@ -129,6 +132,7 @@ impl Settings {
             password: String::new(),
             measurement: "device_data".into(),
             batch_size: 100,
+            max_requests_in_flight: 2,
             batch_timeout: 10.0,
             reconnect_attempts: 5,
             reconnect_delay: 5.0,
@@ -215,6 +219,13 @@ impl Settings {
                         .ok()
                         .filter(|n| (1..=100_000).contains(n))
                         .ok_or_else(|| err("a whole number of points from 1 to 100000"))?
+                }
+                "max_requests_in_flight" => {
+                    s.max_requests_in_flight = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or_else(|| err("a whole number of requests from 1 to 16"))?
                 }
                 "batch_timeout" => {
                     s.batch_timeout = seconds(v, 0.001, 86400.0)
@@ -404,6 +415,10 @@ impl Settings {
             ),
             ("measurement", self.measurement.clone()),
             ("batch_size", self.batch_size.to_string()),
+            (
+                "max_requests_in_flight",
+                self.max_requests_in_flight.to_string(),
+            ),
             ("batch_timeout", self.batch_timeout.to_string()),
             ("reconnect_attempts", self.reconnect_attempts.to_string()),
             ("reconnect_delay", self.reconnect_delay.to_string()),

@@ -49,7 +49,8 @@ pub struct Sink {
 struct Driver {
     name: String,
     policy: Policy<Box<dyn Backlog>>,
-    exchange: Option<Exchange>,
+    /// HTTP requests in progress, oldest first.
+    exchanges: Vec<Exchange>,
     /// Where refused lines go (none without persistent storage).
     dead: Option<DeadLetterFile>,
     /// Builds the state went through before this one (snapshots).
@@ -129,7 +130,7 @@ impl Driver {
         Ok(Driver {
             name,
             policy,
-            exchange: None,
+            exchanges: Vec::new(),
             dead,
             lineage: Vec::new(),
         })
@@ -169,26 +170,19 @@ impl Driver {
     fn turn(&mut self) -> u64 {
         for _ in 0..64 {
             let (t, w) = (now(), wall());
-            if let Some(ex) = &mut self.exchange {
-                if !self.policy.awaits(ex.id) {
-                    self.exchange = None;
-                } else if let Some(outcome) = ex.progress() {
-                    let id = ex.id;
-                    self.exchange = None;
+            let mut i = 0;
+            while i < self.exchanges.len() {
+                if let Some(outcome) = self.exchanges[i].progress() {
+                    let id = self.exchanges.remove(i).id;
                     self.policy.handle_outcome(id, outcome, t, w);
+                } else {
+                    i += 1;
                 }
             }
             self.policy.tick(t, w);
-            if self
-                .exchange
-                .as_ref()
-                .is_some_and(|ex| !self.policy.awaits(ex.id))
-            {
-                self.exchange = None; // timed out: dropping it aborts the request
-            }
-            if self.exchange.is_some() {
-                break;
-            }
+            // Timed out or abandoned: dropping an exchange aborts it.
+            let policy = &self.policy;
+            self.exchanges.retain(|ex| policy.awaits(ex.id));
             let Some(req) = self.policy.poll_transmit(t) else {
                 break;
             };
@@ -196,7 +190,7 @@ impl Driver {
             // The next iteration makes its first progress; an answer that
             // is already there is then handed to the policy, never lost.
             match Exchange::start(req, self.policy.settings()) {
-                Ok(ex) => self.exchange = Some(ex),
+                Ok(ex) => self.exchanges.push(ex),
                 Err(reason) => self
                     .policy
                     .handle_outcome(id, Outcome::Failed { reason }, t, w),
@@ -208,7 +202,7 @@ impl Driver {
             .policy
             .poll_timeout()
             .map_or(u64::MAX, |at| at.saturating_sub(t));
-        if self.exchange.is_some() {
+        if !self.exchanges.is_empty() {
             wake = wake.min(IN_FLIGHT_WAKE_NS);
         }
         wake
@@ -532,7 +526,7 @@ impl GuestSink for Sink {
 
     fn shutdown(&self) {
         let mut d = self.inner.borrow_mut();
-        d.exchange = None;
+        d.exchanges.clear();
         d.policy.shutdown(now(), wall());
         d.drain_outputs();
     }

@@ -225,7 +225,8 @@ pub struct Sim<B: Backlog> {
     pub now: Instant,
     /// Wall clock at simulated time 0, ns since the epoch.
     pub wall0: i64,
-    pending: Option<(u64, Instant, Outcome)>,
+    /// Answers on their way, by request id and arrival time.
+    pending: Vec<(u64, Instant, Outcome)>,
     /// Ping in flight that is a reconnect attempt: (attempt number, sent at).
     attempt_in_flight: Option<(u64, Instant)>,
     pub attempts: Vec<Attempt>,
@@ -246,7 +247,7 @@ impl<B: Backlog> Sim<B> {
             server,
             now: 0,
             wall0,
-            pending: None,
+            pending: Vec::new(),
             attempt_in_flight: None,
             attempts: Vec::new(),
             logs: Vec::new(),
@@ -303,7 +304,7 @@ impl<B: Backlog> Sim<B> {
 
     pub fn next_event(&self) -> Option<Instant> {
         let a = self.policy.poll_timeout();
-        let b = self.pending.as_ref().map(|p| p.1);
+        let b = self.pending.iter().map(|p| p.1).min();
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -315,18 +316,20 @@ impl<B: Backlog> Sim<B> {
         self.turns += 1;
         let wall = self.wall();
         for _ in 0..10_000 {
-            if let Some((id, _, outcome)) = self.pending.take_if(|p| p.1 <= self.now) {
+            // Due answers, earliest first.
+            while let Some(i) = (0..self.pending.len())
+                .filter(|&i| self.pending[i].1 <= self.now)
+                .min_by_key(|&i| self.pending[i].1)
+            {
+                let (id, _, outcome) = self.pending.remove(i);
                 self.record_attempt(&outcome);
                 self.policy.handle_outcome(id, outcome, self.now, wall);
             }
             self.policy.tick(self.now, wall);
-            if let Some((id, _, _)) = &self.pending {
-                if !self.policy.awaits(*id) {
-                    self.pending = None; // timed out: the driver drops it
-                }
-            }
+            // Timed out or abandoned: the driver drops them.
+            self.pending.retain(|p| self.policy.awaits(p.0));
             if let Some((n, at)) = self.attempt_in_flight {
-                if self.pending.is_none() && !self.policy.stats().state.starts_with("connecting") {
+                if self.pending.is_empty() && !self.policy.stats().state.starts_with("connecting") {
                     // timed out without an answer
                     self.attempts.push(Attempt { n, at, ok: false });
                     self.attempt_in_flight = None;
@@ -342,7 +345,7 @@ impl<B: Backlog> Sim<B> {
                 self.attempt_in_flight = Some((after, self.now));
             }
             if let Some((at, outcome)) = self.server.answer(&req, self.now) {
-                self.pending = Some((req.id, at, outcome));
+                self.pending.push((req.id, at, outcome));
             }
         }
         while let Some(line) = self.policy.poll_log() {
@@ -359,6 +362,11 @@ impl<B: Backlog> Sim<B> {
                 matches!(outcome, Outcome::Answer { status, .. } if (200..300).contains(status));
             self.attempts.push(Attempt { n, at, ok });
         }
+    }
+
+    /// Requests whose answers are on their way.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
     }
 
     /// Log messages so far (without time), for assertions.

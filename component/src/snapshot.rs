@@ -10,7 +10,8 @@
 //! ext4's incompatible features).
 //!
 //! State version 2 adds the stamper (the last time each fast series was
-//! stamped with), so a swap cannot give a series a time twice.
+//! stamped with), so a swap cannot give a series a time twice, and a
+//! setting to the base, so version 1 builds may not read it.
 //!
 //! The `next` feature builds the live-upgrade test's "version 3": another
 //! version string and state version 3, which adds `lineage` (the builds the
@@ -29,8 +30,9 @@ pub const STATE_VERSION: u16 = 2;
 #[cfg(feature = "next")]
 pub const STATE_VERSION: u16 = 3;
 
-/// The oldest build (by state version) that may read what this one writes.
-const MIN_READER: u16 = 1;
+/// The oldest build (by state version) that may read what this one writes:
+/// version 2 changed the settings in the base (`max_requests_in_flight`).
+const MIN_READER: u16 = 2;
 
 /// This build's version string.
 #[cfg(not(feature = "next"))]

@@ -33,13 +33,9 @@ impl Chunk {
     /// Cut after the first `lines` lines (at least one): those, and the
     /// rest if any.
     pub fn split_lines(self, lines: u64) -> (Chunk, Option<Chunk>) {
-        let cut = self
-            .data()
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
+        let cut = memchr::memchr_iter(b'\n', self.data())
             .nth(lines.max(1) as usize - 1)
-            .map(|(i, _)| self.start + i + 1)
+            .map(|i| self.start + i + 1)
             .filter(|&at| at < self.end);
         let Some(at) = cut else {
             return (self, None);

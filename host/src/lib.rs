@@ -15,3 +15,4 @@ pub mod sandbox;
 pub mod simulate;
 pub mod swap;
 pub mod tls;
+pub mod wake;

@@ -179,10 +179,10 @@ async fn read_stdin(mut fanout: Fanout, mut stop: watch::Receiver<bool>) {
             break;
         }
         carry.extend_from_slice(&buf[..n]);
-        if let Some(end) = carry.iter().rposition(|b| *b == b'\n') {
+        if let Some(end) = memchr::memrchr(b'\n', &carry) {
             let rest = carry.split_off(end + 1);
             let chunk = std::mem::replace(&mut carry, rest);
-            let lines = chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            let lines = memchr::memchr_iter(b'\n', &chunk).count() as u64;
             fanout.send(chunk, line_no, lines).await;
             line_no += lines;
         }
@@ -295,7 +295,7 @@ struct Ledger {
 /// The number of lines (points) in a chunk.
 fn lines_in(chunk: &Chunk) -> u64 {
     let b = chunk.data();
-    let newlines = b.iter().filter(|c| **c == b'\n').count() as u64;
+    let newlines = memchr::memchr_iter(b'\n', b).count() as u64;
     newlines + u64::from(b.last().is_some_and(|c| *c != b'\n'))
 }
 
@@ -655,6 +655,7 @@ async fn drive(
     if let Some(chunk) = feed.retry.take() {
         write(name, sink, feed, seen, chunk, true).await?;
     }
+    let wake = sink.wake();
     while !feed.input_done {
         let wait = turn(sink, seen).await?;
         // A sink with the server up takes what it can send soon; the rest
@@ -679,6 +680,7 @@ async fn drive(
                 Some(chunk) => write_within(name, sink, feed, seen, chunk, room).await?,
                 None => feed.input_done = true,
             },
+            _ = wake.rung() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -699,6 +701,7 @@ async fn drive(
         tokio::select! {
             _ = stopped(stop) => return Ok(()),
             cmd = next_swap(&mut feed.swaps) => swap_to(ctx, sink, seen, cmd).await?,
+            _ = wake.rung() => {}
             _ = tokio::time::sleep(wait.min(deadline - now)) => {}
         }
     }

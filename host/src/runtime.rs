@@ -12,6 +12,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::wake::{Ringing, Wake};
 use wasmtime::component::{Linker, ResourceAny, ResourceTable};
 use wasmtime::error::Context;
 use wasmtime::{Engine, Result, Store};
@@ -199,6 +200,7 @@ impl Runtime {
                 name: s.name.clone(),
                 allowed: allowed_authorities(s),
                 tls,
+                wake: Wake::default(),
             },
             memory: MemoryCap::new(limits),
         };
@@ -379,6 +381,8 @@ struct OnlyOwnServer {
     name: String,
     allowed: Vec<String>,
     tls: TlsClient,
+    /// Rung as the sink's exchanges move on (see `wake`).
+    wake: Wake,
 }
 
 type SendFuture = Box<
@@ -413,17 +417,26 @@ impl WasiHttpHooks for OnlyOwnServer {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
-        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        use http_body_util::BodyExt;
+        let wake = self.wake.clone();
+        let request = request.map(|b| Ringing::new(b, wake.clone()).boxed_unsync());
+        let send: SendFuture = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
             let tls = self.tls.clone();
-            return Box::new(async move { tls.send(request, options).await });
-        }
+            Box::new(async move { tls.send(request, options).await })
+        } else {
+            Box::new(async move {
+                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+                Ok((
+                    res.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+                ))
+            })
+        };
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
+            let answer = Box::into_pin(send).await;
+            wake.ring();
+            let (res, io) = answer?;
+            Ok((res.map(|b| Ringing::new(b, wake).boxed_unsync()), io))
         })
     }
 }
@@ -457,6 +470,11 @@ macro_rules! sink_call {
 }
 
 impl SinkInstance {
+    /// Rung when this instance's HTTP exchanges move on: poll it then.
+    pub fn wake(&self) -> Wake {
+        self.store.data().hooks.wake.clone()
+    }
+
     pub async fn write_lines(&mut self, lines: &[u8]) -> Result<WriteResult> {
         sink_call!(self, Call::WriteLines, call_write_lines, lines)
     }

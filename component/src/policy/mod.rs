@@ -89,6 +89,8 @@ struct InFlight {
     id: u64,
     what: Flight,
     deadline: Instant,
+    /// Its answer, kept until every older request is decided.
+    answer: Option<Outcome>,
 }
 
 /// Progress of one backlog flush, for its log lines.
@@ -210,7 +212,10 @@ pub struct Policy<B: Backlog> {
     batch: Vec<Point>,
     batch_started: Option<Instant>,
     ready: VecDeque<Vec<Point>>,
-    in_flight: Option<InFlight>,
+    /// Requests out, oldest first: a ping, a create, a backlog batch or a
+    /// piece of a rework alone; or up to `max_requests_in_flight` memory
+    /// batches.
+    flights: VecDeque<InFlight>,
     rework: Option<Rework>,
     next_id: u64,
     need_create_db: bool,
@@ -261,7 +266,7 @@ impl<B: Backlog> Policy<B> {
             batch: Vec::new(),
             batch_started: None,
             ready: VecDeque::new(),
-            in_flight: None,
+            flights: VecDeque::new(),
             rework: None,
             next_id: 1,
             need_create_db: false,
@@ -348,11 +353,7 @@ impl<B: Backlog> Policy<B> {
         if let Some(rw) = self.rework.as_ref().filter(|r| !r.in_backlog) {
             points.extend(rw.points());
         }
-        if let Some(InFlight {
-            what: Flight::Write(Source::Memory(p)),
-            ..
-        }) = &self.in_flight
-        {
+        for p in self.memory_flights() {
             points.extend(p.iter());
         }
         points.extend(self.storage.held());
@@ -449,17 +450,12 @@ impl<B: Backlog> Policy<B> {
     pub fn stats(&self) -> Stats {
         let in_memory =
             self.batch.len() as u64 + self.ready.iter().map(|b| b.len() as u64).sum::<u64>();
-        let flying = match &self.in_flight {
-            Some(InFlight {
-                what: Flight::Write(Source::Memory(p)),
-                ..
-            }) => p.len() as u64,
-            _ => 0,
-        } + self
-            .rework
-            .as_ref()
-            .filter(|r| !r.in_backlog)
-            .map_or(0, |r| r.points().count() as u64);
+        let flying = self.memory_flights().map(|p| p.len() as u64).sum::<u64>()
+            + self
+                .rework
+                .as_ref()
+                .filter(|r| !r.in_backlog)
+                .map_or(0, |r| r.points().count() as u64);
         Stats {
             counters: self.counters.clone(),
             backlog_points: self.storage.len(),
@@ -502,7 +498,54 @@ impl<B: Backlog> Policy<B> {
 
     /// Is a request with this id still awaited? The driver drops any other.
     pub fn awaits(&self, id: u64) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.id == id)
+        self.flights
+            .iter()
+            .any(|f| f.id == id && f.answer.is_none())
+    }
+
+    /// The points of the memory batches out, oldest first.
+    fn memory_flights(&self) -> impl Iterator<Item = &Vec<Point>> {
+        self.flights.iter().filter_map(|f| match &f.what {
+            Flight::Write(Source::Memory(p)) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// May another memory batch go out beside those already out? Only
+    /// while nothing else is due: the backlog, a rework, a check.
+    fn may_add_flight(&self, now: Instant) -> bool {
+        let all_memory = self
+            .flights
+            .back()
+            .is_none_or(|f| matches!(f.what, Flight::Write(Source::Memory(_))));
+        all_memory
+            && self.flights.len() < self.s.max_requests_in_flight as usize
+            && self.conn == Conn::Connected
+            && !self.need_create_db
+            && !self.periodic_due(now)
+            && self.rework.is_none()
+            && self.storage.is_empty()
+            && (self.storage.held_points() > 0 || !self.ready.is_empty())
+    }
+
+    /// Give up on the requests out from the `keep`-th on: their memory
+    /// points go to the backlog, oldest first (after whatever the caller
+    /// put there), and their answers are no longer awaited. One that
+    /// reached the server is sent again later: InfluxDB overwrites the
+    /// identical points.
+    fn abandon_flights(&mut self, keep: usize) {
+        while self.flights.len() > keep {
+            let Some(f) = self.flights.remove(keep) else {
+                break;
+            };
+            match f.what {
+                Flight::Write(Source::Memory(points)) => {
+                    self.put(points);
+                }
+                Flight::Write(Source::Backlog(_)) => self.storage.release(),
+                _ => {}
+            }
+        }
     }
 
     // ----- commands from the pipeline -----
@@ -543,7 +586,7 @@ impl<B: Backlog> Policy<B> {
         while let Some(b) = self.ready.pop_front() {
             self.put(b);
         }
-        self.in_flight = None;
+        self.flights.clear();
         self.storage.release();
         self.sync_backlog();
         let held = self.storage.held_points();
@@ -567,10 +610,26 @@ impl<B: Backlog> Policy<B> {
     /// A request ended.
     pub fn handle_outcome(&mut self, id: u64, outcome: Outcome, now: Instant, wall: i64) {
         self.clock = (now, wall);
-        let Some(flight) = self.in_flight.take_if(|f| f.id == id) else {
-            return; // timed out already, or unknown
+        let Some(flight) = self
+            .flights
+            .iter_mut()
+            .find(|f| f.id == id && f.answer.is_none())
+        else {
+            return; // timed out or abandoned already, or unknown
         };
-        match (flight.what, outcome) {
+        flight.answer = Some(outcome);
+        // Answers are decided in the order their requests went out, each
+        // as if it were the only one: a younger answer waits for its elders.
+        while let Some(f) = self.flights.pop_front_if(|f| f.answer.is_some()) {
+            if let Some(outcome) = f.answer {
+                self.decide(f.what, outcome, now, wall);
+            }
+        }
+        self.sync_backlog();
+    }
+
+    fn decide(&mut self, what: Flight, outcome: Outcome, now: Instant, wall: i64) {
+        match (what, outcome) {
             (what, Outcome::Failed { reason }) => self.on_failure(what, &reason, now),
             (Flight::Ping { periodic }, Outcome::Answer { status, body, .. }) => {
                 if (200..300).contains(&status) {
@@ -614,14 +673,14 @@ impl<B: Backlog> Policy<B> {
                 self.on_write_verdict(source, verdict, now)
             }
         }
-        self.sync_backlog();
     }
 
     /// Timers: request deadline, batch timeout, age limit. Call before
     /// `poll_transmit` on every turn.
     pub fn tick(&mut self, now: Instant, wall: i64) {
         self.clock = (now, wall);
-        if let Some(f) = self.in_flight.take_if(|f| now >= f.deadline) {
+        // The oldest request out has the earliest deadline.
+        if let Some(f) = self.flights.pop_front_if(|f| now >= f.deadline) {
             let reason = format!(
                 "no answer within connection_timeout ({} s)",
                 self.s.connection_timeout
@@ -641,7 +700,7 @@ impl<B: Backlog> Policy<B> {
 
     /// The next request to send, if any is due now.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Request> {
-        if self.in_flight.is_some() {
+        if !self.flights.is_empty() && !self.may_add_flight(now) {
             return None;
         }
         let id = self.next_id;
@@ -727,10 +786,11 @@ impl<B: Backlog> Policy<B> {
             }
         };
         self.next_id += 1;
-        self.in_flight = Some(InFlight {
+        self.flights.push_back(InFlight {
             id,
             what,
             deadline: now + secs(self.s.connection_timeout),
+            answer: None,
         });
         Some(request)
     }
@@ -740,8 +800,11 @@ impl<B: Backlog> Policy<B> {
         let (now, wall) = self.clock;
         let mut at: Option<Instant> = None;
         let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        if let Some(f) = &self.in_flight {
+        if let Some(f) = self.flights.iter().find(|f| f.answer.is_none()) {
             consider(f.deadline);
+            if self.may_add_flight(now) {
+                consider(now);
+            }
         } else {
             match self.conn {
                 Conn::BackingOff { at, .. } => consider(at),
@@ -820,7 +883,13 @@ impl<B: Backlog> Policy<B> {
     /// backlog (whose head they become) so they survive a crash and keep
     /// their place in line; its success then consumes them from there.
     fn spill_in_flight(&mut self) {
-        let Some(flight) = self.in_flight.as_mut() else {
+        // Younger memory batches out go to the backlog behind the oldest.
+        let keep = usize::from(
+            self.flights
+                .front()
+                .is_some_and(|f| matches!(f.what, Flight::Write(Source::Memory(_)))),
+        );
+        let Some(flight) = self.flights.front_mut() else {
             return;
         };
         let Flight::Write(source @ Source::Memory(_)) = &mut flight.what else {
@@ -839,10 +908,11 @@ impl<B: Backlog> Policy<B> {
         if let Some(InFlight {
             what: Flight::Write(source),
             ..
-        }) = self.in_flight.as_mut()
+        }) = self.flights.front_mut()
         {
             *source = kept;
         }
+        self.abandon_flights(keep);
     }
 
     /// Put a batch in the backlog; false if it could only be held in
@@ -1052,6 +1122,8 @@ impl<B: Backlog> Policy<B> {
                 pieces: Vec::new(),
                 in_backlog,
             });
+            // The rework goes alone: younger batches out wait behind it.
+            self.abandon_flights(0);
         }
         if let Some(rw) = self.rework.as_mut() {
             rw.pieces.push(right);
@@ -1153,6 +1225,7 @@ impl<B: Backlog> Policy<B> {
             Flight::Write(Source::Backlog(_)) => self.storage.release(),
             _ => {}
         }
+        self.abandon_flights(0);
         self.drop_rework();
         while let Some(b) = self.ready.pop_front() {
             self.put(b);
