@@ -565,6 +565,8 @@ mod tests {
         for (k, v) in [
             ("batch_size", "abc"),
             ("batch_size", "0"),
+            ("max_requests_in_flight", "0"),
+            ("max_requests_in_flight", "17"),
             ("port", "70000"),
             ("use_exponential_backoff", "maybe"),
             ("reconnect_delay", "-1"),
