@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod http;
 mod log;
+mod ready;
 pub mod storage;
 
 use std::collections::VecDeque;
@@ -22,6 +23,7 @@ use backoff::Jitter;
 pub use http::{Outcome, Purpose, Request, Verdict};
 pub use log::{Level, LogLine};
 pub use storage::{DropReason, Drops};
+use ready::Ready;
 use storage::{Report, Storage};
 
 /// Monotonic time in nanoseconds, from an origin the driver chooses.
@@ -211,7 +213,7 @@ pub struct Policy<B: Backlog> {
     streak: u32,
     batch: Vec<Point>,
     batch_started: Option<Instant>,
-    ready: VecDeque<Vec<Point>>,
+    ready: Ready,
     /// Requests out, oldest first: a ping, a create, a backlog batch or a
     /// piece of a rework alone; or up to `max_requests_in_flight` memory
     /// batches.
@@ -265,7 +267,7 @@ impl<B: Backlog> Policy<B> {
             streak: 0,
             batch: Vec::new(),
             batch_started: None,
-            ready: VecDeque::new(),
+            ready: Ready::default(),
             flights: VecDeque::new(),
             rework: None,
             next_id: 1,
@@ -357,9 +359,7 @@ impl<B: Backlog> Policy<B> {
             points.extend(p.iter());
         }
         points.extend(self.storage.held());
-        for b in &self.ready {
-            points.extend(b.iter());
-        }
+        points.extend(self.ready.iter());
         points.extend(self.batch.iter());
         points
     }
@@ -449,7 +449,7 @@ impl<B: Backlog> Policy<B> {
 
     pub fn stats(&self) -> Stats {
         let in_memory =
-            self.batch.len() as u64 + self.ready.iter().map(|b| b.len() as u64).sum::<u64>();
+            (self.batch.len() + self.ready.points()) as u64;
         let flying = self.memory_flights().map(|p| p.len() as u64).sum::<u64>()
             + self
                 .rework
@@ -480,9 +480,8 @@ impl<B: Backlog> Policy<B> {
         match self.conn {
             Conn::Connecting { attempt: 0 } => 0,
             Conn::Connected => {
-                let held: usize = self.ready.iter().map(Vec::len).sum::<usize>() + self.batch.len();
-                let bytes: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
-                if bytes >= MAX_READY_BYTES / 2 {
+                let held = self.ready.points() + self.batch.len();
+                if self.ready.bytes() >= MAX_READY_BYTES / 2 {
                     return 0;
                 }
                 self.ready_capacity().saturating_sub(held) as u64
@@ -864,7 +863,7 @@ impl<B: Backlog> Policy<B> {
         let batch = std::mem::take(&mut self.batch);
         if self.conn == Conn::Connected {
             self.ready.push_back(batch);
-            let held: usize = self.ready.iter().flatten().map(Point::mem_size).sum();
+            let held = self.ready.bytes();
             let most = self.ready_capacity().div_ceil(self.s.batch_size as usize);
             if self.ready.len() > most || (self.ready.len() > 1 && held > MAX_READY_BYTES) {
                 // The server is slower than the input: keep order by moving
