@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backlog_cli;
 pub mod bindings;
 pub mod config;
+pub mod connections;
 pub mod fanout;
 pub mod generator;
 pub mod log;

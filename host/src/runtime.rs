@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::wake::{Ringing, Wake};
@@ -21,6 +22,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::bindings::{InfluxSink, InfluxSinkPre, Point, Stats, WriteResult};
 use crate::config::{OutputSpec, PipelineSpec};
+use crate::connections::{Connections, IoFuture};
 use crate::precompile;
 use crate::sandbox::{self, Call, EngineOptions, Fault, HostWaitExceeded, Limits, MemoryCap};
 use crate::tls::TlsClient;
@@ -199,7 +201,7 @@ impl Runtime {
             hooks: OnlyOwnServer {
                 name: s.name.clone(),
                 allowed: allowed_authorities(s),
-                tls,
+                connections: Connections::new(tls),
                 wake: Wake::default(),
             },
             memory: MemoryCap::new(limits),
@@ -380,7 +382,9 @@ impl WasiHttpView for SinkState {
 struct OnlyOwnServer {
     name: String,
     allowed: Vec<String>,
-    tls: TlsClient,
+    /// Keep-alive connections to those servers (https through the
+    /// sink's own TLS client).
+    connections: Connections,
     /// Rung as the sink's exchanges move on (see `wake`).
     wake: Wake,
 }
@@ -420,23 +424,21 @@ impl WasiHttpHooks for OnlyOwnServer {
         use http_body_util::BodyExt;
         let wake = self.wake.clone();
         let request = request.map(|b| Ringing::new(b, wake.clone()).boxed_unsync());
-        let send: SendFuture = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-            let tls = self.tls.clone();
-            Box::new(async move { tls.send(request, options).await })
-        } else {
-            Box::new(async move {
-                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-                Ok((
-                    res.map(BodyExt::boxed_unsync),
-                    Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-                ))
-            })
-        };
+        let connections = self.connections.clone();
+        let send: SendFuture = Box::new(async move { connections.send(request, options).await });
         Box::new(async move {
             let answer = Box::into_pin(send).await;
             wake.ring();
             let (res, io) = answer?;
-            Ok((res.map(|b| Ringing::new(b, wake).boxed_unsync()), io))
+            // `io` runs on a task of its own, spawned as the answer is
+            // handed to the guest: ring from there until the guest has it.
+            let seen = Arc::new(AtomicBool::new(false));
+            let res = res.map(|b| Ringing::answer(b, wake.clone(), seen.clone()).boxed_unsync());
+            let io: IoFuture = Box::new(async move {
+                wake.until_seen(seen).await;
+                Box::into_pin(io).await
+            });
+            Ok((res, io))
         })
     }
 }

@@ -1,40 +1,27 @@
 //! HTTPS for the sinks. wasmtime-wasi-http's `default_send_request` trusts
-//! only its built-in webpki roots, so `https` requests go through our own
+//! only its built-in webpki roots, so `https` connections use our own
 //! rustls client instead: the system's CA bundle plus the certificates of
 //! `tls_ca_file`, or no certificate check at all with
 //! `tls_insecure_skip_verify`. The client is built once per sink, at
-//! instantiate. [`TlsClient::send`] mirrors `default_send_request` (connect,
-//! first-byte and between-bytes timeouts) with that connector; plain `http`
-//! stays with `default_send_request`.
+//! instantiate; [`crate::connections`] calls [`TlsClient::handshake`] for
+//! each new `https` connection.
 
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
-use wasmtime_wasi_http::io::TokioIo;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+use tokio_rustls::client::TlsStream;
+use wasmtime_wasi_http::Error;
 
 use crate::config::OutputSpec;
-
-/// Drives the rest of the connection once the response head is in; its
-/// result reaches the guest through the request's future.
-pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
-
-/// `default_send_request`'s timeout when the guest sets none.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// CA bundles of the common distributions, tried in order after
 /// `$SSL_CERT_FILE`; the first with a certificate wins.
@@ -120,126 +107,37 @@ impl TlsClient {
         })
     }
 
-    /// Send an `https` request: TCP connect, TLS handshake (SNI from the
-    /// URI's host; an IP address is checked against the certificate's IP
-    /// names), HTTP/1.1. A failed handshake is logged once per distinct
-    /// reason and returned as a TLS error, which the sink treats as a failed
-    /// connection.
-    pub async fn send(
+    /// The TLS handshake over `tcp` with `host` (SNI; an IP address is
+    /// checked against the certificate's IP names). A failed handshake is
+    /// logged once per distinct reason and returned as a TLS error, which
+    /// the sink treats as a failed connection.
+    pub async fn handshake(
         &self,
-        mut req: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-    ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
-        let uri = req.uri();
-        let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
-            .to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        tcp: TcpStream,
+        host: &str,
+        authority: &str,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, Error> {
         let server_name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
-            Err(_) => ServerName::try_from(host.clone())?,
+            Err(_) => ServerName::try_from(host.to_string())?,
         };
-
-        let connect_timeout = options
-            .and_then(|o| o.connect_timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let first_byte_timeout = options
-            .and_then(|o| o.first_byte_timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let between_bytes_timeout = options
-            .and_then(|o| o.between_bytes_timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-
-        let tcp =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect((&*host, port))).await {
-                Ok(stream) => stream.map_err(Error::Connect)?,
-                Err(_) => return Err(Error::ConnectionTimeout),
-            };
         let handshake = self.connector.connect(server_name, tcp);
-        let stream = match tokio::time::timeout(connect_timeout, handshake).await {
+        match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(stream)) => {
-                self.handshake_succeeded(&authority);
-                stream
+                self.handshake_succeeded(authority);
+                Ok(stream)
             }
             Ok(Err(e)) => {
-                self.handshake_failed(&authority, &e.to_string());
-                return Err(handshake_error(e));
+                self.handshake_failed(authority, &e.to_string());
+                Err(handshake_error(e))
             }
             Err(_) => {
-                let why = format!("no answer within {connect_timeout:?}");
-                self.handshake_failed(&authority, &why);
-                return Err(Error::ConnectionTimeout);
+                let why = format!("no answer within {timeout:?}");
+                self.handshake_failed(authority, &why);
+                Err(Error::ConnectionTimeout)
             }
-        };
-        let (mut sender, conn) = tokio::time::timeout(
-            connect_timeout,
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
-        )
-        .await
-        .map_err(|_| Error::ConnectionTimeout)??;
-
-        // The request line carries only the path: scheme and authority are
-        // for proxies (the Host header is already set).
-        *req.uri_mut() = http::Uri::builder()
-            .path_and_query(
-                req.uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/"),
-            )
-            .build()
-            .map_err(|_| Error::HttpRequestUriInvalid)?;
-
-        let send = async move {
-            let res = tokio::time::timeout(first_byte_timeout, sender.send_request(req))
-                .await
-                .map_err(|_| Error::ConnectionReadTimeout)?
-                .map_err(Error::from)?;
-            // tokio panics on a zero interval.
-            let between = between_bytes_timeout.max(Duration::from_nanos(1));
-            let mut timeout = tokio::time::interval(between);
-            timeout.reset();
-            Ok::<_, Error>(res.map(|incoming| IncomingBody { incoming, timeout }))
-        };
-        let mut send = pin!(send);
-        let mut conn = Some(conn);
-        // Wait for the response head while driving the connection's I/O.
-        let res = poll_fn(|cx| match send.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                let Some(fut) = conn.as_mut() else {
-                    return Poll::Pending;
-                };
-                let done = ready!(Pin::new(fut).poll(cx));
-                conn = None;
-                match done {
-                    Ok(()) => send.as_mut().poll(cx),
-                    Err(e) => Poll::Ready(Err(Error::from(e))),
-                }
-            }
-        })
-        .await?;
-        let io = async move {
-            let Some(conn) = conn else {
-                return Ok(());
-            };
-            conn.await.map_err(|e| {
-                if e.is_timeout() {
-                    Error::HttpResponseTimeout
-                } else {
-                    Error::from(e)
-                }
-            })
-        };
-        Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+        }
     }
 
     /// Log a failed handshake with `authority`, unless this very reason was
@@ -369,56 +267,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// The response body, with the between-bytes timeout (as in
-/// `default_send_request`).
-struct IncomingBody {
-    incoming: hyper::body::Incoming,
-    timeout: tokio::time::Interval,
-}
-
-impl http_body::Body for IncomingBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
-        match Pin::new(&mut self.incoming).poll_frame(cx) {
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(if e.is_timeout() {
-                Error::HttpResponseTimeout
-            } else {
-                Error::from(e)
-            }))),
-            Poll::Ready(Some(Ok(frame))) => {
-                self.timeout.reset();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => {
-                ready!(self.timeout.poll_tick(cx));
-                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.incoming.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
     use influx_sink_component::config::Settings;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
     /// A test CA, and a server certificate it signed for `names`.
     struct Pki {
@@ -534,14 +393,23 @@ mod tests {
         })
     }
 
+    /// `req` through a pool of `client`'s connections.
+    async fn send(
+        client: &TlsClient,
+        req: http::Request<WasiBody>,
+    ) -> Result<(http::Response<WasiBody>, crate::connections::IoFuture), Error> {
+        crate::connections::Connections::new(client.clone())
+            .send(req, options())
+            .await
+    }
+
     /// Send one write and check it arrived and got its 204.
     async fn write_ok(
         client: &TlsClient,
         url: &str,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
     ) {
-        let (res, io) = client
-            .send(request(url, b"m v=1i\n"), options())
+        let (res, io) = send(client, request(url, b"m v=1i\n"))
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(res.status(), http::StatusCode::NO_CONTENT);
@@ -576,7 +444,7 @@ mod tests {
         let client = TlsClient::new("out", None, false).unwrap();
         let url = format!("https://{addr}/write");
         for _ in 0..3 {
-            let e = client.send(request(&url, b"x"), options()).await.err();
+            let e = send(&client, request(&url, b"x")).await.err();
             assert!(
                 matches!(e, Some(Error::TlsCertificateError)),
                 "expected a TLS certificate error, got {e:?}"
@@ -602,7 +470,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let client = TlsClient::new("out", Some(&ca_file(&dir, &pki.ca_pem)), false).unwrap();
         let url = format!("https://localhost:{}/write", addr.port());
-        let e = client.send(request(&url, b"x"), options()).await.err();
+        let e = send(&client, request(&url, b"x")).await.err();
         assert!(matches!(e, Some(Error::TlsCertificateError)), "{e:?}");
         let why = client.logged.lock().unwrap()[&format!("localhost:{}", addr.port())].clone();
         assert!(why.contains("not valid for name \"localhost\""), "{why}");
@@ -633,7 +501,7 @@ mod tests {
         });
         let client = TlsClient::new("out", None, false).unwrap();
         let url = format!("https://{addr}/write");
-        let e = client.send(request(&url, b"x"), options()).await.err();
+        let e = send(&client, request(&url, b"x")).await.err();
         assert!(matches!(e, Some(Error::Tls(_))), "{e:?}");
         assert!(client
             .logged

@@ -7,8 +7,14 @@
 //! the sink's [`Wake`] when the server has taken a chunk of the request
 //! body (so the guest may write more), when the answer's head arrives and
 //! when a chunk of its body does, and the sink task polls at once.
+//!
+//! The answer's head is subtle: wasi:http hands it to the guest only once
+//! the task that sent the request has ended, which is after any code of
+//! ours in it has run. So [`Wake::until_seen`] keeps ringing, a scheduler
+//! turn apart, until the guest has touched the answer's body.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -31,15 +37,61 @@ impl Wake {
     }
 }
 
-/// A body that rings `wake` each time a frame of it is taken.
+/// Rings [`Wake::until_seen`] gives up after: the guest's own timer (a
+/// millisecond) takes over.
+const MAX_UNSEEN_RINGS: usize = 2;
+
+impl Wake {
+    /// Ring, then again after each scheduler turn, until `seen` is set (or
+    /// [`MAX_UNSEEN_RINGS`] rings). Run on a task spawned as the answer is
+    /// handed over, so some ring comes after the guest can see it.
+    pub async fn until_seen(&self, seen: Arc<AtomicBool>) {
+        for _ in 0..MAX_UNSEEN_RINGS {
+            if seen.load(Ordering::Acquire) {
+                return;
+            }
+            self.ring();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// A body that rings `wake` each time a frame of it is taken, and marks
+/// `seen` once polled or dropped.
 pub struct Ringing<B> {
     inner: B,
     wake: Wake,
+    seen: Option<Arc<AtomicBool>>,
 }
 
 impl<B> Ringing<B> {
     pub fn new(inner: B, wake: Wake) -> Self {
-        Ringing { inner, wake }
+        Ringing {
+            inner,
+            wake,
+            seen: None,
+        }
+    }
+
+    /// An answer's body: `seen` tells [`Wake::until_seen`] the guest has it.
+    pub fn answer(inner: B, wake: Wake, seen: Arc<AtomicBool>) -> Self {
+        Ringing {
+            inner,
+            wake,
+            seen: Some(seen),
+        }
+    }
+
+    fn mark_seen(&self) {
+        if let Some(seen) = &self.seen {
+            seen.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl<B> Drop for Ringing<B> {
+    fn drop(&mut self) {
+        self.mark_seen();
     }
 }
 
@@ -51,6 +103,7 @@ impl<B: Body + Unpin> Body for Ringing<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.mark_seen();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_ready() {
             self.wake.ring();
@@ -85,5 +138,33 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), wake.rung())
             .await
             .expect("rung");
+    }
+
+    /// Whether a ring is waiting: polls `rung` once, never sleeps.
+    async fn has_rung(wake: &Wake) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, wake.rung())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_answer_rings_until_its_body_is_touched() {
+        let wake = Wake::default();
+        let seen = Arc::new(AtomicBool::new(false));
+        let body = Ringing::answer(
+            Full::new(bytes::Bytes::from_static(b"")),
+            wake.clone(),
+            seen.clone(),
+        );
+        wake.until_seen(seen.clone()).await;
+        assert!(has_rung(&wake).await, "not seen yet: must ring");
+        assert!(!has_rung(&wake).await, "one permit only");
+        drop(body);
+        assert!(
+            seen.load(Ordering::Acquire),
+            "dropping the body counts as seen"
+        );
+        wake.until_seen(seen).await;
+        assert!(!has_rung(&wake).await, "seen: no more rings");
     }
 }
