@@ -22,8 +22,8 @@ use crate::stamp::Stamper;
 use backoff::Jitter;
 pub use http::{Outcome, Purpose, Request, Verdict};
 pub use log::{Level, LogLine};
-pub use storage::{DropReason, Drops};
 use ready::Ready;
+pub use storage::{DropReason, Drops};
 use storage::{Report, Storage};
 
 /// Monotonic time in nanoseconds, from an origin the driver chooses.
@@ -448,8 +448,7 @@ impl<B: Backlog> Policy<B> {
     }
 
     pub fn stats(&self) -> Stats {
-        let in_memory =
-            (self.batch.len() + self.ready.points()) as u64;
+        let in_memory = (self.batch.len() + self.ready.points()) as u64;
         let flying = self.memory_flights().map(|p| p.len() as u64).sum::<u64>()
             + self
                 .rework
