@@ -1,0 +1,471 @@
+//! Delivered points/s through a real influxd against that influxd's own
+//! ceiling, in one run on one machine (a plain binary, not criterion).
+//!
+//! Input: `DELIVERY_POINTS` (default 200000) 20-field points from the
+//! host's generator (explicit, unique timestamps), written to a temp file.
+//! For each case (`batch_size` 100 and 5000, `content_encoding` identity
+//! and gzip):
+//!
+//! * Ceiling: the same batches, encoded before the clock starts (gzip at
+//!   level 1, as the component does), posted straight to `/write` over
+//!   keep-alive HTTP/1.1 by 1 and by 2 client threads, one request in
+//!   flight each (the sink keeps up to `max_requests_in_flight = 2` out),
+//!   until every answer (204) is in.
+//! * Sink: `influx-sink run` with the default config but `batch_size` and
+//!   `content_encoding`, the file on stdin, timed from spawn to exit (so
+//!   start-up and shutdown are in; the component is compiled into a
+//!   dedicated cache once beforehand, and the start-up floor is printed).
+//!   Its CPU time (user + system) comes from `wait4`.
+//!
+//! Every run gets a fresh influxd, so none overwrites another's points, and
+//! every run asserts afterwards that InfluxDB holds exactly N points.
+//!
+//! `DELIVERY_CASES` restricts the cases (`100:identity,5000:gzip`);
+//! `DELIVERY_REPEAT` (default 1) repeats each run and reports medians.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use harness::{output_section, tail, write_config, Influxd, Summary};
+
+/// What the generator names its points and the field every point has.
+const MEASUREMENT: &str = "device_data";
+const FIELD: &str = "seq";
+const DATABASE: &str = "bench";
+/// Bounds the sink's final drain, so a stuck delivery ends the bench.
+const DRAIN_TIMEOUT_S: &str = "120";
+
+#[derive(Clone, Copy)]
+struct Case {
+    batch: usize,
+    gzip: bool,
+}
+
+impl Case {
+    fn encoding(&self) -> &'static str {
+        if self.gzip {
+            "gzip"
+        } else {
+            "identity"
+        }
+    }
+}
+
+/// Medians over the repeats of one case.
+struct Row {
+    case: Case,
+    ceiling: [f64; 2],
+    sink: f64,
+    cpu_us: f64,
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// `DELIVERY_CASES=100:identity,5000:gzip`, else all four.
+fn cases() -> Vec<Case> {
+    let Ok(spec) = std::env::var("DELIVERY_CASES") else {
+        return [100, 5000]
+            .into_iter()
+            .flat_map(|batch| [false, true].map(|gzip| Case { batch, gzip }))
+            .collect();
+    };
+    spec.split(',')
+        .map(|item| parse_case(item.trim()))
+        .collect()
+}
+
+fn parse_case(item: &str) -> Case {
+    let parsed = item.split_once(':').and_then(|(batch, encoding)| {
+        Some(Case {
+            batch: batch.parse().ok().filter(|&b| b > 0)?,
+            gzip: match encoding {
+                "gzip" => true,
+                "identity" => false,
+                _ => return None,
+            },
+        })
+    });
+    parsed.unwrap_or_else(|| panic!("DELIVERY_CASES item {item:?}: expected BATCH:identity|gzip"))
+}
+
+/// `lines` cut into bodies of `batch` lines, gzipped (level 1) if asked.
+fn bodies(lines: &[u8], case: Case) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_body = 0;
+    for (i, &b) in lines.iter().enumerate() {
+        if b == b'\n' {
+            in_body += 1;
+            if in_body == case.batch || i + 1 == lines.len() {
+                out.push(encode(&lines[start..=i], case.gzip));
+                start = i + 1;
+                in_body = 0;
+            }
+        }
+    }
+    out
+}
+
+fn encode(body: &[u8], gzip: bool) -> Vec<u8> {
+    if !gzip {
+        return body.to_vec();
+    }
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+    e.write_all(body).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// A keep-alive HTTP/1.1 connection posting to `/write`, written by hand:
+/// no client library between the bench and influxd.
+struct Writer {
+    out: TcpStream,
+    answers: BufReader<TcpStream>,
+    head: String,
+    line: String,
+}
+
+impl Writer {
+    fn connect(port: u16, gzip: bool) -> Writer {
+        let out = TcpStream::connect(("127.0.0.1", port)).expect("connect to influxd");
+        out.set_nodelay(true).expect("TCP_NODELAY");
+        let answers = BufReader::new(out.try_clone().expect("clone socket"));
+        let encoding = if gzip {
+            "Content-Encoding: gzip\r\n"
+        } else {
+            ""
+        };
+        let head = format!(
+            "POST /write?db={DATABASE}&precision=ns HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n{encoding}Content-Length: "
+        );
+        Writer {
+            out,
+            answers,
+            head,
+            line: String::new(),
+        }
+    }
+
+    /// Send `body`, read the answer; panics unless it is 204.
+    fn post(&mut self, body: &[u8]) {
+        let head = format!("{}{}\r\n\r\n", self.head, body.len());
+        self.out.write_all(head.as_bytes()).expect("send request");
+        self.out.write_all(body).expect("send body");
+        self.line.clear();
+        self.answers.read_line(&mut self.line).expect("read answer");
+        let status = self.line.trim_end().to_string();
+        let length = self.skip_headers();
+        let mut text = vec![0; length];
+        self.answers
+            .read_exact(&mut text)
+            .expect("read answer body");
+        assert!(
+            status.starts_with("HTTP/1.1 204"),
+            "influxd answered {status:?}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+
+    /// Read the answer's headers; its Content-Length (0 if none).
+    fn skip_headers(&mut self) -> usize {
+        let mut length = 0;
+        loop {
+            self.line.clear();
+            self.answers.read_line(&mut self.line).expect("read header");
+            let h = self.line.trim_end();
+            if h.is_empty() {
+                return length;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().expect("Content-Length");
+                }
+            }
+        }
+    }
+}
+
+/// Points/s of a fresh influxd taking `bodies` from `clients` threads (each
+/// takes every `clients`-th body), from the moment all are connected until
+/// the last answer.
+fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
+    let influx = Influxd::start();
+    influx.create_database(DATABASE);
+    let port = influx.port();
+    let ready = Barrier::new(clients + 1);
+    let elapsed = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..clients)
+            .map(|c| {
+                let ready = &ready;
+                s.spawn(move || {
+                    let mut w = Writer::connect(port, gzip);
+                    ready.wait();
+                    for body in bodies.iter().skip(c).step_by(clients) {
+                        w.post(body);
+                    }
+                })
+            })
+            .collect();
+        ready.wait();
+        let started = Instant::now();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+        started.elapsed()
+    });
+    assert_eq!(influx.count(DATABASE, MEASUREMENT, FIELD), n, "ceiling");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// `influx-sink run` with `[influxdb_output]` for this case, its backlog
+/// and stderr in `dir`.
+fn spawn_sink(dir: &Path, port: u16, case: Case, input: &Path, cache: &Path) -> Child {
+    let backlog = dir.join("backlog");
+    let batch = case.batch.to_string();
+    let config = write_config(
+        dir,
+        &output_section(
+            "influxdb_output",
+            port,
+            DATABASE,
+            &[
+                ("batch_size", &batch),
+                ("content_encoding", case.encoding()),
+                ("persistent_storage_path", &backlog.to_string_lossy()),
+            ],
+        ),
+    );
+    Command::new(harness::sink_binary())
+        .arg("run")
+        .arg(&config)
+        .arg("--component")
+        .arg(harness::component_path())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--drain-timeout", DRAIN_TIMEOUT_S])
+        .current_dir(dir)
+        .stdin(File::open(input).expect("open input"))
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("stderr")).expect("create stderr file"))
+        .spawn()
+        .expect("spawn influx-sink")
+}
+
+/// Reap `child` with `wait4`: its exit status and CPU time (user + system).
+fn wait_with_cpu(child: Child) -> (ExitStatus, Duration) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain old data, all zeroes is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our unreaped child (std never waited for it) and
+    // both pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        ExitStatus::from_raw(status),
+        time(usage.ru_utime) + time(usage.ru_stime),
+    )
+}
+
+/// (points/s, CPU µs per point) of `influx-sink run` delivering the `n`
+/// points of `input` to a fresh influxd.
+fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (f64, f64) {
+    let influx = Influxd::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cached = cache_entries(cache);
+    let started = Instant::now();
+    let child = spawn_sink(dir.path(), influx.port(), case, input, cache);
+    let (status, cpu) = wait_with_cpu(child);
+    let elapsed = started.elapsed();
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let summary = Summary::parse(&log);
+    assert!(
+        status.success()
+            && summary.is_some_and(|s| s.accepted == n && s.delivered == n && s.dropped == 0),
+        "influx-sink ({} lines per batch, {}): {status}, {summary:?}, expected {n} delivered\n{}",
+        case.batch,
+        case.encoding(),
+        tail(&log, 20)
+    );
+    assert_eq!(influx.count(DATABASE, MEASUREMENT, FIELD), n, "sink");
+    assert_eq!(
+        cache_entries(cache),
+        cached,
+        "the timed sink run compiled the component (rebuilt during the bench?): rerun"
+    );
+    (
+        n as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+    )
+}
+
+/// Run the sink on empty input (server: a closed port) and return how long
+/// it took: the first call fills the compile cache, later ones measure the
+/// start-up and shutdown floor that every timed sink run includes.
+fn empty_run(work: &Path, cache: &Path) -> Duration {
+    let dir = tempfile::tempdir_in(work).expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        &output_section("influxdb_output", closed_port(), DATABASE, &[]),
+    );
+    let started = Instant::now();
+    let status = Command::new(harness::sink_binary())
+        .arg("run")
+        .arg(&config)
+        .arg("--component")
+        .arg(harness::component_path())
+        .arg("--cache-dir")
+        .arg(cache)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run influx-sink");
+    assert!(status.success(), "influx-sink on empty input: {status}");
+    started.elapsed()
+}
+
+/// How many compiled components `cache` holds: a timed run that adds one
+/// compiled instead of loading, and its time is not the delivery's.
+fn cache_entries(cache: &Path) -> usize {
+    std::fs::read_dir(cache).map_or(0, |d| d.count())
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    }
+}
+
+/// `nproc` and the CPU's model name.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .split_once(':')?
+                        .1
+                        .trim()
+                        .into(),
+                )
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    format!("{cores} CPUs, {model}")
+}
+
+/// The ceilings and the sink for one case, `repeat` times each.
+fn run_case(case: Case, lines: &[u8], n: u64, input: &Path, cache: &Path, repeat: usize) -> Row {
+    let bodies = bodies(lines, case);
+    let (mut one, mut two, mut rate, mut cpu) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..repeat {
+        one.push(ceiling(&bodies, case.gzip, 1, n));
+        two.push(ceiling(&bodies, case.gzip, 2, n));
+        let (r, c) = sink(input, case, cache, n);
+        rate.push(r);
+        cpu.push(c);
+        eprintln!(
+            "delivery: {:>4} lines/batch {:>8}: ceiling {:>9.0} (1 client) {:>9.0} (2 clients), \
+             sink {:>9.0} points/s, {:.2} µs CPU/point",
+            case.batch,
+            case.encoding(),
+            one[one.len() - 1],
+            two[two.len() - 1],
+            r,
+            c
+        );
+    }
+    Row {
+        case,
+        ceiling: [median(one), median(two)],
+        sink: median(rate),
+        cpu_us: median(cpu),
+    }
+}
+
+fn print_table(rows: &[Row], n: u64, bytes: usize, repeat: usize, startup: Duration) {
+    println!("\n=== delivery: influx-sink vs influxd's own ceiling ===");
+    println!("machine: {}", machine());
+    println!(
+        "input: {n} points, 20 fields, {:.0} B/point; medians of {repeat} run(s); \
+         sink timed spawn to exit (empty-input run: {:.0} ms)",
+        bytes as f64 / n as f64,
+        startup.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:>6} {:>8} | {:>12} {:>12} | {:>12} | {:>8} {:>8} | {:>10}",
+        "batch",
+        "encoding",
+        "ceiling C=1",
+        "ceiling C=2",
+        "sink",
+        "sink/C1",
+        "sink/C2",
+        "CPU/point"
+    );
+    for r in rows {
+        println!(
+            "{:>6} {:>8} | {:>10.0}/s {:>10.0}/s | {:>10.0}/s | {:>7.0}% {:>7.0}% | {:>7.2} µs",
+            r.case.batch,
+            r.case.encoding(),
+            r.ceiling[0],
+            r.ceiling[1],
+            r.sink,
+            100.0 * r.sink / r.ceiling[0],
+            100.0 * r.sink / r.ceiling[1],
+            r.cpu_us
+        );
+    }
+}
+
+fn main() {
+    harness::Sink::require_built();
+    let n = env_number("DELIVERY_POINTS", 200_000) as u64;
+    let repeat = env_number("DELIVERY_REPEAT", 1).max(1);
+    let cases = cases();
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let lines = common::lines(n);
+    let input: PathBuf = work.path().join("input.lp");
+    std::fs::write(&input, &lines).expect("write input");
+    // A cache of our own, filled here, so no timed run compiles.
+    let cache = work.path().join("cache");
+    empty_run(work.path(), &cache);
+    let startup = empty_run(work.path(), &cache);
+
+    let rows: Vec<Row> = cases
+        .iter()
+        .map(|&case| run_case(case, &lines, n, &input, &cache, repeat))
+        .collect();
+    print_table(&rows, n, lines.len(), repeat, startup);
+}
