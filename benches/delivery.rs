@@ -251,13 +251,7 @@ fn spawn_sink(dir: &Path, port: u16, case: Case, input: &Path, cache: &Path) -> 
             ],
         ),
     );
-    Command::new(harness::sink_binary())
-        .arg("run")
-        .arg(&config)
-        .arg("--component")
-        .arg(harness::component_path())
-        .arg("--cache-dir")
-        .arg(cache)
+    sink_command(&config, cache)
         .args(["--drain-timeout", DRAIN_TIMEOUT_S])
         .current_dir(dir)
         .stdin(File::open(input).expect("open input"))
@@ -265,6 +259,19 @@ fn spawn_sink(dir: &Path, port: u16, case: Case, input: &Path, cache: &Path) -> 
         .stderr(File::create(dir.join("stderr")).expect("create stderr file"))
         .spawn()
         .expect("spawn influx-sink")
+}
+
+/// `influx-sink run CONFIG` with the built component and the bench's own
+/// compile cache.
+fn sink_command(config: &Path, cache: &Path) -> Command {
+    let mut c = Command::new(harness::sink_binary());
+    c.arg("run")
+        .arg(config)
+        .arg("--component")
+        .arg(harness::component_path())
+        .arg("--cache-dir")
+        .arg(cache);
+    c
 }
 
 /// Reap `child` with `wait4`: its exit status and CPU time (user + system).
@@ -326,13 +333,7 @@ fn empty_run(work: &Path, cache: &Path) -> Duration {
         &output_section("influxdb_output", closed_port(), DATABASE, &[]),
     );
     let started = Instant::now();
-    let status = Command::new(harness::sink_binary())
-        .arg("run")
-        .arg(&config)
-        .arg("--component")
-        .arg(harness::component_path())
-        .arg("--cache-dir")
-        .arg(cache)
+    let status = sink_command(&config, cache)
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

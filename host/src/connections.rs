@@ -337,8 +337,9 @@ impl http_body::Body for Returning {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_http::read_request;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::sync::mpsc;
 
     /// What the test server saw: per request (connection number, method,
@@ -363,30 +364,8 @@ mod tests {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() < end + 4 + len {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                            continue;
-                        }
+                    while let Some((head, body)) = read_request(&mut tcp, &mut buf).await {
                         let method = head.split(' ').next().unwrap_or("").to_uppercase();
-                        let body = buf[end + 4..end + 4 + len].to_vec();
-                        buf.drain(..end + 4 + len);
                         let _ = tx.send(Seen::Request(n, method, body));
                         let answer: &[u8] = if close_after_each {
                             b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
@@ -405,16 +384,7 @@ mod tests {
     }
 
     fn request(method: http::Method, port: u16, body: &'static [u8]) -> http::Request<WasiBody> {
-        http::Request::builder()
-            .method(method)
-            .uri(format!("http://127.0.0.1:{port}/write"))
-            .header(http::header::HOST, format!("127.0.0.1:{port}"))
-            .body(
-                http_body_util::Full::new(Bytes::from_static(body))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap()
+        crate::test_http::request(method, &format!("http://127.0.0.1:{port}/write"), body)
     }
 
     fn pool() -> Connections {

@@ -15,5 +15,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod simulate;
 pub mod swap;
+#[cfg(test)]
+mod test_http;
 pub mod tls;
 pub mod wake;

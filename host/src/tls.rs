@@ -270,7 +270,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::test_http::read_request;
     use http_body_util::BodyExt;
     use influx_sink_component::config::Settings;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -341,27 +341,8 @@ mod tests {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let body = loop {
-                        let Ok(n) = tls.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() >= end + 4 + len {
-                            break buf[end + 4..end + 4 + len].to_vec();
-                        }
+                    let Some((_, body)) = read_request(&mut tls, &mut Vec::new()).await else {
+                        return;
                     };
                     let _ = tx.send(body);
                     let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
@@ -373,15 +354,7 @@ mod tests {
     }
 
     fn request(url: &str, body: &'static [u8]) -> http::Request<WasiBody> {
-        let uri: http::Uri = url.parse().unwrap();
-        http::Request::post(&uri)
-            .header(http::header::HOST, uri.authority().unwrap().as_str())
-            .body(
-                http_body_util::Full::new(Bytes::from_static(body))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap()
+        crate::test_http::request(http::Method::POST, url, body)
     }
 
     fn options() -> Option<RequestOptions> {
