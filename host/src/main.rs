@@ -369,6 +369,7 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         .map(PathBuf::from)
         .unwrap_or_else(default_component);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(spec.outputs.len()))
         .enable_all()
         .build()
     {
@@ -477,4 +478,21 @@ fn cmd_run(raw: &[String]) -> ExitCode {
     // an orderly runtime shutdown forever: everything is stored by now.
     rt.shutdown_background();
     code
+}
+
+/// One runtime thread per output, up to the CPUs: a sink's task, its
+/// connections and its HTTP exchanges then mostly share a thread, and
+/// every wake-up handed to another thread (a futex and a context switch)
+/// is saved; measured with one output on two cores, 15% less CPU per point.
+/// `TOKIO_WORKER_THREADS` overrides.
+fn worker_threads(outputs: usize) -> usize {
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    outputs.clamp(1, cores)
 }
