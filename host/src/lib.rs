@@ -8,6 +8,7 @@ pub mod config;
 pub mod connections;
 pub mod fanout;
 pub mod generator;
+pub mod listener;
 pub mod log;
 pub mod pipeline;
 pub mod precompile;
