@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use crate::backlog::{Backlog, BacklogError};
 use crate::config::{Settings, NANOS};
 use crate::point::Point;
-use crate::policy::{DeadLetter, Instant, LogLine, Outcome, Policy, Purpose, Request};
+use crate::policy::{DeadLetter, Instant, LogLine, Outcome, Policy, Purpose, Refusal, Request};
 
 /// How the simulated server behaves while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +268,14 @@ impl<B: Backlog> Sim<B> {
         let wall = self.wall();
         self.policy.write(points, self.now, wall);
         self.turn();
+    }
+
+    /// Accept points now, durably (`Policy::write_durable`).
+    pub fn write_durable(&mut self, points: Vec<Point>) -> Result<u64, Refusal> {
+        let wall = self.wall();
+        let got = self.policy.write_durable(points, self.now, wall);
+        self.turn();
+        got
     }
 
     /// Run until `end`, waking only when the policy or the server asks.

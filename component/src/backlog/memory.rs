@@ -1,6 +1,7 @@
 //! The backlog in RAM: for `enable_persistent_storage = false`, and for the
 //! deterministic simulator, which can inject a full disk
-//! ([`MemoryBacklog::fail_appends`]) or a power cut ([`MemoryBacklog::crash`]).
+//! ([`MemoryBacklog::fail_appends`]), a failing fsync
+//! ([`MemoryBacklog::fail_syncs`]) or a power cut ([`MemoryBacklog::crash`]).
 
 use std::collections::VecDeque;
 
@@ -30,6 +31,7 @@ pub struct MemoryBacklog {
     /// How many records at the back were appended since the last `sync()`.
     unsynced: usize,
     fail_appends: bool,
+    fail_syncs: bool,
     scratch: Vec<u8>,
 }
 
@@ -41,6 +43,12 @@ impl MemoryBacklog {
     /// While `on`, every append fails as it would on a full disk.
     pub fn fail_appends(&mut self, on: bool) {
         self.fail_appends = on;
+    }
+
+    /// While `on`, every `sync()` fails (as an fsync can on a failing
+    /// disk); appends since the last good sync stay unsynced.
+    pub fn fail_syncs(&mut self, on: bool) {
+        self.fail_syncs = on;
     }
 
     /// Model a power cut: every append made since the last `sync()` that is
@@ -119,6 +127,11 @@ impl Backlog for MemoryBacklog {
     }
 
     fn sync(&mut self) -> Result<(), BacklogError> {
+        if self.fail_syncs {
+            return Err(BacklogError(
+                "could not sync in-memory backlog: Input/output error (simulated)".to_string(),
+            ));
+        }
         self.unsynced = 0;
         Ok(())
     }

@@ -68,8 +68,15 @@ pub struct RecoveryReport {
 pub trait Backlog {
     /// Append one batch as one record. On error nothing of it is stored.
     fn append(&mut self, points: &[Point], stored_at: i64) -> Result<(), BacklogError>;
-    /// Make every append so far durable (fsync).
+    /// Make every append so far durable (fsync), as the backlog's sync
+    /// mode says (`SyncMode::Never` makes this a no-op).
     fn sync(&mut self) -> Result<(), BacklogError>;
+    /// Make every append so far durable whatever the sync mode: a durable
+    /// acknowledgement (`Policy::write_durable`) needs it on stable storage
+    /// even where `backlog_sync = never` leaves the rest to the OS.
+    fn sync_durable(&mut self) -> Result<(), BacklogError> {
+        self.sync()
+    }
     /// Points in the backlog.
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
@@ -130,6 +137,9 @@ impl<B: Backlog + ?Sized> Backlog for Box<B> {
     }
     fn sync(&mut self) -> Result<(), BacklogError> {
         (**self).sync()
+    }
+    fn sync_durable(&mut self) -> Result<(), BacklogError> {
+        (**self).sync_durable()
     }
     fn len(&self) -> u64 {
         (**self).len()

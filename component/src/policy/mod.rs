@@ -2,12 +2,15 @@
 //! `Connection`: handlers take what happened and `now`, polls say what to do.
 //!
 //! The driver (the component glue, the simulator, a test) calls
-//! [`Policy::write`] / [`Policy::flush`] / [`Policy::handle_outcome`] as
+//! [`Policy::write`] (or [`Policy::write_durable`], which answers only once
+//! the points are fsynced in the backlog: see `durable`) /
+//! [`Policy::flush`] / [`Policy::handle_outcome`] as
 //! things happen, then [`Policy::tick`] and [`Policy::poll_transmit`] until
 //! it returns `None`, then sleeps until [`Policy::poll_timeout`]. The policy
 //! never reads a clock and never does I/O except through its [`Backlog`].
 
 pub mod backoff;
+mod durable;
 pub mod http;
 mod log;
 mod ready;
@@ -20,6 +23,7 @@ use crate::config::{Api, Settings, NANOS};
 use crate::point::Point;
 use crate::stamp::Stamper;
 use backoff::Jitter;
+pub use durable::Refusal;
 pub use http::{Outcome, Purpose, Request, Verdict};
 pub use log::{Level, LogLine};
 use ready::Ready;
@@ -100,6 +104,10 @@ struct InFlight {
 struct Drain {
     announced: u64,
     written: u64,
+    /// The backlog held only durable writes made while connected: their
+    /// delivery is routine, logged at debug level and not shown as the
+    /// "draining" state (else every durable write would log two lines).
+    quiet: bool,
 }
 
 /// Connection state.
@@ -241,6 +249,11 @@ pub struct Policy<B: Backlog> {
     outage_logged: bool,
     /// Backlog points flushed since the drain began (for its log lines).
     draining: Option<Drain>,
+    /// `counters.backlogged` after the last durable write made while
+    /// connected to a backlog that held only such writes: while it still
+    /// matches, nothing else entered the backlog (a quiet `Drain`).
+    durable_mark: Option<u64>,
+    durable_refused: durable::Refusals,
     counters: Counters,
     /// Times for points that came without one.
     stamper: Stamper,
@@ -282,6 +295,8 @@ impl<B: Backlog> Policy<B> {
             last_check: now,
             outage_logged: false,
             draining: None,
+            durable_mark: None,
+            durable_refused: durable::Refusals::default(),
             counters: Counters::default(),
             stamper: Stamper::default(),
             jitter: Jitter::new(seed),
@@ -461,7 +476,7 @@ impl<B: Backlog> Policy<B> {
             backlog_bytes: self.storage.bytes(),
             pending: in_memory + flying + self.storage.held_points() + self.storage.len(),
             state: match self.conn {
-                Conn::Connected if self.draining.is_some() => "draining",
+                Conn::Connected if self.draining.is_some_and(|d| !d.quiet) => "draining",
                 Conn::Connected => "connected",
                 Conn::Connecting { .. } => "connecting",
                 Conn::BackingOff { .. } => "backing-off",
@@ -759,14 +774,18 @@ impl<B: Backlog> Policy<B> {
                 };
                 if self.draining.is_none() {
                     let announced = self.storage.len();
+                    let quiet = self.durable_mark == Some(self.counters.backlogged);
                     self.draining = Some(Drain {
                         announced,
                         written: 0,
+                        quiet,
                     });
-                    self.log(
-                        Level::Info,
-                        format!("Flushing {announced} backlog points to InfluxDB"),
-                    );
+                    if !quiet {
+                        self.log(
+                            Level::Info,
+                            format!("Flushing {announced} backlog points to InfluxDB"),
+                        );
+                    }
                 }
                 self.storage.reserve(points.len() as u64);
                 let req = Request::write(id, &self.s, self.active, &points);
@@ -1193,13 +1212,17 @@ impl<B: Backlog> Policy<B> {
             self.rework = None;
         }
         if from_backlog {
-            let drain = self.draining.get_or_insert(Drain {
-                announced: 0,
-                written: 0,
-            });
+            let drain = self.draining.get_or_insert(Drain::default());
             drain.written += n;
             if self.storage.is_empty() {
-                let Drain { announced, written } = self.draining.take().unwrap_or_default();
+                let Drain {
+                    announced,
+                    written,
+                    quiet,
+                } = self.draining.take().unwrap_or_default();
+                // Something other than routine durable writes joined it.
+                let quiet = quiet && self.durable_mark == Some(self.counters.backlogged);
+                let level = if quiet { Level::Debug } else { Level::Info };
                 let mut line = format!("Successfully wrote {written} backlog points to InfluxDB");
                 if written > announced {
                     // The server was slower than the input while draining.
@@ -1208,7 +1231,7 @@ impl<B: Backlog> Policy<B> {
                         written - announced
                     ));
                 }
-                self.log(Level::Info, line);
+                self.log(level, line);
             }
         }
     }
@@ -1216,6 +1239,11 @@ impl<B: Backlog> Policy<B> {
     /// A request failed: keep its points, leave the connected state, and
     /// schedule the next attempt.
     fn on_failure(&mut self, what: Flight, reason: &str, now: Instant) {
+        // What is in the backlog now waits for a recovery, which is news.
+        self.durable_mark = None;
+        if self.draining.is_some_and(|d| d.quiet) {
+            self.draining = None;
+        }
         match what {
             Flight::Write(Source::Memory(points)) => {
                 self.put(points);
@@ -1362,5 +1390,7 @@ fn points_concat(a: &[Point], b: &[Point]) -> Vec<Point> {
 
 #[cfg(test)]
 mod answer_tests;
+#[cfg(test)]
+mod durable_tests;
 #[cfg(test)]
 mod tests;

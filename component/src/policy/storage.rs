@@ -137,6 +137,16 @@ pub struct Storage<B: Backlog> {
     lost: Drops,
 }
 
+/// Why `append_durable` failed, and what it left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurableError {
+    /// The append failed: nothing of the batch is stored.
+    Append(String),
+    /// The record is appended (it will be delivered) but the fsync failed:
+    /// it may not survive a power cut.
+    Sync(String),
+}
+
 /// What an answered reservation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consumed {
@@ -320,6 +330,47 @@ impl<B: Backlog> Storage<B> {
                 false
             }
         }
+    }
+
+    /// Append `points` as one record and force it to stable storage,
+    /// whatever `backlog_sync` says (a durable acknowledgement). No limit
+    /// is applied and nothing is held: the caller checked the room and
+    /// refuses on failure. See [`DurableError`] for what a failure left.
+    pub fn append_durable(
+        &mut self,
+        points: &[Point],
+        now: Instant,
+        wall: i64,
+        r: &mut Report,
+    ) -> Result<(), DurableError> {
+        if let Err(e) = self.backlog.append(points, wall) {
+            return Err(DurableError::Append(e.to_string()));
+        }
+        *r.stored += points.len() as u64;
+        self.dirty = true;
+        match self.backlog.sync_durable() {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_sync = now;
+                Ok(())
+            }
+            // `dirty` stays: the next sync tries again.
+            Err(e) => Err(DurableError::Sync(e.to_string())),
+        }
+    }
+
+    /// Points and bytes the backlog takes before `max_backlog_size` or
+    /// `max_backlog_bytes` is reached.
+    pub fn room(&self) -> (u64, u64) {
+        (
+            self.max_points.saturating_sub(self.backlog.len()),
+            self.max_bytes.saturating_sub(self.backlog.bytes()),
+        )
+    }
+
+    /// The limits themselves (points, bytes).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.max_points, self.max_bytes)
     }
 
     fn hold(&mut self, points: Vec<Point>, r: &mut Report) {

@@ -72,6 +72,16 @@ pub use recovery::{HintedRecord, IndexHint};
 pub use segment::{parse_segment_bytes, ParsedSegment, SegmentHeader, SegmentItem, TailKind};
 pub use writer::{SyncMode, DEFAULT_SEGMENT_BYTES};
 
+/// Bytes one append adds to [`FileBacklog::bytes`] beyond the codec body
+/// of its points, at most: the frame, the longest record header, and the
+/// header of a new segment should the record start one.
+pub const MAX_RECORD_OVERHEAD: u64 =
+    record::FRAME_LEN + record::MAX_HEADER_LEN + segment::SEG_HEADER_LEN;
+
+/// The largest record payload (header and codec body) the frame's u32
+/// length can describe; an append of more fails and stores nothing.
+pub const MAX_RECORD_PAYLOAD: u64 = u32::MAX as u64;
+
 /// A [`Backlog`] in a directory of append-only segment files.
 #[derive(Debug)]
 pub struct FileBacklog {
@@ -244,6 +254,10 @@ impl Backlog for FileBacklog {
 
     fn sync(&mut self) -> Result<(), BacklogError> {
         self.sync_batch()
+    }
+
+    fn sync_durable(&mut self) -> Result<(), BacklogError> {
+        self.sync_forced()
     }
 
     fn len(&self) -> u64 {

@@ -12,6 +12,9 @@ use crate::point::Point;
 /// Length and CRC in front of every record payload.
 pub(super) const FRAME_LEN: u64 = 8;
 pub(super) const RECORD_VERSION: u8 = 1;
+/// The longest postcard `RecordHeader`: a u8, then varints of at most
+/// 10 (u64), 5 (u32) and 10 (zigzag i64) bytes.
+pub(super) const MAX_HEADER_LEN: u64 = 1 + 10 + 5 + 10;
 
 /// The postcard-encoded start of every record payload.
 #[derive(Debug, Serialize, Deserialize)]

@@ -219,6 +219,22 @@ impl FileBacklog {
         if self.sync_mode != SyncMode::Batch {
             return Ok(());
         }
+        self.sync_active()
+    }
+
+    /// The same in Never mode too, for a durable acknowledgement: the
+    /// active segment holds the record just appended (older segments are
+    /// not reached; in Never mode they stay the OS's business). Always
+    /// mode synced every write already.
+    pub(super) fn sync_forced(&mut self) -> Result<(), BacklogError> {
+        if self.sync_mode == SyncMode::Always {
+            return Ok(());
+        }
+        self.sync_active()
+    }
+
+    /// fsync the active segment and the directory if written since.
+    fn sync_active(&mut self) -> Result<(), BacklogError> {
         if let Some(a) = &mut self.active {
             if a.dirty {
                 a.file.sync_data().map_err(|e| {
