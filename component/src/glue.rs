@@ -9,7 +9,7 @@ use crate::backlog::Backlog;
 use crate::config::{BacklogSync, Settings, NANOS};
 use crate::deadletter::DeadLetterFile;
 use crate::line_protocol::{self, FieldValue};
-use crate::policy::{Level, Outcome, Policy, Request};
+use crate::policy::{Level, Outcome, Policy, Refusal, Request};
 use crate::snapshot;
 use crate::stamp::UNSTAMPED;
 
@@ -424,6 +424,27 @@ fn describe_error(code: &wasi::http::types::ErrorCode) -> String {
     }
 }
 
+fn to_rejections(errors: Vec<(usize, line_protocol::LineError)>) -> Vec<wit::Rejection> {
+    errors
+        .into_iter()
+        .map(|(i, e)| wit::Rejection {
+            index: i as u32,
+            reason: e.reason,
+        })
+        .collect()
+}
+
+fn precision_ns(p: wit::Precision) -> i64 {
+    match p {
+        wit::Precision::Nanoseconds => 1,
+        wit::Precision::Microseconds => 1_000,
+        wit::Precision::Milliseconds => 1_000_000,
+        wit::Precision::Seconds => 1_000_000_000,
+        wit::Precision::Minutes => 60_000_000_000,
+        wit::Precision::Hours => 3_600_000_000_000,
+    }
+}
+
 fn to_field(v: wit::FieldValue) -> FieldValue {
     match v {
         wit::FieldValue::Float(f) => FieldValue::Float(f),
@@ -474,13 +495,7 @@ impl GuestSink for Sink {
         let accepted = points.len() as u32;
         d.policy.count_rejected(errors.len() as u64);
         d.policy.write(points, now(), w);
-        let rejected = errors
-            .into_iter()
-            .map(|(i, e)| wit::Rejection {
-                index: i as u32,
-                reason: e.reason,
-            })
-            .collect();
+        let rejected = to_rejections(errors);
         wit::WriteResult { accepted, rejected }
     }
 
@@ -513,6 +528,54 @@ impl GuestSink for Sink {
         d.policy.count_rejected(rejected.len() as u64);
         d.policy.write(ok, now(), w);
         wit::WriteResult { accepted, rejected }
+    }
+
+    fn write_durable(
+        &self,
+        writes: Vec<wit::DurableWrite>,
+        in_memory_ok: bool,
+    ) -> Vec<Result<wit::WriteResult, wit::DurableRefusal>> {
+        let mut d = self.inner.borrow_mut();
+        let w = wall();
+        let mut batches = Vec::with_capacity(writes.len());
+        let mut rejections = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let unit = precision_ns(write.precision);
+            let (points, errors) = line_protocol::parse_lines_in(&write.lines, UNSTAMPED, unit);
+            batches.push(points);
+            rejections.push(errors);
+        }
+        drop(writes);
+        let stored: Vec<Result<u64, Refusal>> =
+            if in_memory_ok && !d.policy.settings().enable_persistent_storage {
+                let counts: Vec<u64> = batches.iter().map(|b| b.len() as u64).collect();
+                d.policy
+                    .write(batches.into_iter().flatten().collect(), now(), w);
+                counts.into_iter().map(Ok).collect()
+            } else {
+                d.policy.write_durable_group(batches, now(), w)
+            };
+        stored
+            .into_iter()
+            .zip(rejections)
+            .map(|(result, errors)| match result {
+                Ok(n) => {
+                    // Bad lines of a stored write are refused; those of a
+                    // refused write are sent again by the client, and
+                    // counted then.
+                    d.policy.count_rejected(errors.len() as u64);
+                    Ok(wit::WriteResult {
+                        accepted: n as u32,
+                        rejected: to_rejections(errors),
+                    })
+                }
+                Err(Refusal::Full { retry_after_s }) => {
+                    Err(wit::DurableRefusal::Full(retry_after_s))
+                }
+                Err(Refusal::TooLarge(why)) => Err(wit::DurableRefusal::TooLarge(why)),
+                Err(Refusal::Storage(why)) => Err(wit::DurableRefusal::Storage(why)),
+            })
+            .collect()
     }
 
     fn poll(&self) -> u64 {

@@ -677,17 +677,30 @@ fn parse_timestamp(t: &[u8]) -> Result<i64, LineError> {
 /// (0-based line index within `buf`, error). Non-UTF-8 lines are refused
 /// with a reason.
 pub fn parse_lines(buf: &[u8], default_ts: i64) -> (Vec<Point>, Vec<(usize, LineError)>) {
+    parse_lines_in(buf, default_ts, 1)
+}
+
+/// [`parse_lines`] for lines whose timestamps count `unit_ns` nanoseconds
+/// (a client's write precision): they are converted to nanoseconds, and a
+/// line whose time falls outside InfluxDB's range once converted is
+/// refused.
+pub fn parse_lines_in(
+    buf: &[u8],
+    default_ts: i64,
+    unit_ns: i64,
+) -> (Vec<Point>, Vec<(usize, LineError)>) {
+    let unit = unit_ns.max(1);
     let mut points = Vec::new();
     let mut errors = Vec::new();
     if let Ok(text) = std::str::from_utf8(buf) {
         // Fast path: `str::split` on a char finds newlines with memchr.
         for (index, line) in text.split('\n').enumerate() {
-            parse_one(index, line, default_ts, &mut points, &mut errors);
+            parse_one(index, line, default_ts, unit, &mut points, &mut errors);
         }
     } else {
         for (index, raw) in buf.split(|&c| c == b'\n').enumerate() {
             match std::str::from_utf8(raw) {
-                Ok(line) => parse_one(index, line, default_ts, &mut points, &mut errors),
+                Ok(line) => parse_one(index, line, default_ts, unit, &mut points, &mut errors),
                 Err(e) => errors.push((
                     index,
                     err(format!(
@@ -706,6 +719,7 @@ fn parse_one(
     index: usize,
     line: &str,
     default_ts: i64,
+    unit: i64,
     points: &mut Vec<Point>,
     errors: &mut Vec<(usize, LineError)>,
 ) {
@@ -715,7 +729,20 @@ fn parse_one(
         return;
     }
     match parse_line(line, default_ts) {
-        Ok(p) => points.push(p),
+        Ok(p) if unit == 1 || p.timestamp == default_ts => points.push(p),
+        Ok(mut p) => match p.timestamp.checked_mul(unit) {
+            Some(ns) if (MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&ns) => {
+                p.timestamp = ns;
+                points.push(p);
+            }
+            _ => errors.push((
+                index,
+                err(format!(
+                    "timestamp {} at a precision of {unit} ns is out of range (InfluxDB accepts {MIN_TIMESTAMP}..={MAX_TIMESTAMP} ns)",
+                    p.timestamp
+                )),
+            )),
+        },
         Err(e) => errors.push((index, e)),
     }
 }
@@ -1123,6 +1150,21 @@ mod tests {
             "field `temp` has an unterminated string"
         );
         assert!(refused(r#"cpu s="a"b"#).contains("after its closing quote"));
+    }
+
+    #[test]
+    fn timestamps_at_a_coarser_precision_are_converted_or_refused() {
+        let buf = b"m v=1 1700000000\nm v=2\nm v=3 9300000000\nm v=4 -5";
+        let (points, errors) = parse_lines_in(buf, -7, 1_000_000_000);
+        let times: Vec<i64> = points.iter().map(|p| p.timestamp).collect();
+        assert_eq!(times, [1_700_000_000_000_000_000, -7, -5_000_000_000]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, 2);
+        assert!(
+            errors[0].1.reason.contains("out of range"),
+            "{}",
+            errors[0].1.reason
+        );
     }
 
     #[test]

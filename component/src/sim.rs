@@ -278,6 +278,14 @@ impl<B: Backlog> Sim<B> {
         got
     }
 
+    /// Accept concurrent writes now, in one group commit.
+    pub fn write_durable_group(&mut self, writes: Vec<Vec<Point>>) -> Vec<Result<u64, Refusal>> {
+        let wall = self.wall();
+        let got = self.policy.write_durable_group(writes, self.now, wall);
+        self.turn();
+        got
+    }
+
     /// Run until `end`, waking only when the policy or the server asks.
     /// Panics if the policy keeps asking for turns without time passing:
     /// that would be a busy loop in a real host.

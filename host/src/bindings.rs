@@ -11,4 +11,6 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::influx::sink::output::{FieldValue, Point, Stats, WriteResult};
+pub use exports::influx::sink::output::{
+    DurableRefusal, DurableWrite, FieldValue, Point, Precision, Stats, WriteResult,
+};

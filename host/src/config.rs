@@ -8,6 +8,7 @@ use influx_sink_component::config::Settings;
 use influx_sink_component::ini;
 
 use crate::generator::GeneratorSpec;
+use crate::listener::{self, ListenerConfig};
 use crate::sandbox::{Limits, MAX_CALL_MS_RANGE, MAX_MEMORY_MB_RANGE};
 
 /// The host's own keys of an output section. They set up the sandbox the
@@ -47,6 +48,21 @@ pub struct SandboxSpec {
 pub enum SourceSpec {
     Stdin,
     Generator(GeneratorSpec),
+    /// `transport = influxdb_listener`: InfluxDB clients write over HTTP.
+    Listener(ListenerConfig),
+}
+
+impl SourceSpec {
+    /// The outputs a listener routes to (`outputs`, else all), by index.
+    pub fn routed(&self, outputs: &[OutputSpec]) -> Vec<usize> {
+        match self {
+            SourceSpec::Listener(l) if !l.outputs.is_empty() => (0..outputs.len())
+                .filter(|&i| l.outputs.contains(&outputs[i].settings.name))
+                .collect(),
+            SourceSpec::Listener(_) => (0..outputs.len()).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,12 +149,24 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
                 });
                 sandboxes.push(sandbox);
             }
-            Some("generator") => {
-                if matches!(source, SourceSpec::Generator(_)) {
-                    return Err(ConfigFileError(format!(
-                        "{file}: [{}] is a second generator; only one source is supported",
+            Some(listener::TRANSPORT) => {
+                if !matches!(source, SourceSpec::Stdin) {
+                    return Err(second_source(file, &section.name));
+                }
+                let (cfg, w) = ListenerConfig::from_pairs(&section.name, &section.pairs())
+                    .map_err(|e| ConfigFileError(format!("{file}{}: {e}", at_key(&e.key))))?;
+                warnings.extend(w.iter().map(|key| {
+                    format!(
+                        "{file}{}: [{}] unknown key `{key}` is ignored",
+                        at_key(key),
                         section.name
-                    )));
+                    )
+                }));
+                source = SourceSpec::Listener(cfg);
+            }
+            Some("generator") => {
+                if !matches!(source, SourceSpec::Stdin) {
+                    return Err(second_source(file, &section.name));
                 }
                 let spec = GeneratorSpec::from_section(section)
                     .map_err(|e| ConfigFileError(format!("{file}: {e}")))?;
@@ -171,6 +199,9 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
             w[0].display()
         )));
     }
+    if let SourceSpec::Listener(l) = &source {
+        check_listener(l, &outputs, &sandboxes, file)?;
+    }
     Ok(PipelineSpec {
         outputs,
         sandboxes,
@@ -178,6 +209,58 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<PipelineSpec, Config
         warnings,
     })
 }
+
+fn second_source(file: &str, section: &str) -> ConfigFileError {
+    ConfigFileError(format!(
+        "{file}: [{section}] is a second source (a generator or a listener); only one is supported"
+    ))
+}
+
+/// A listener's outputs exist, can acknowledge durably (or the operator
+/// opted out), and have the memory for its largest body.
+fn check_listener(
+    l: &ListenerConfig,
+    outputs: &[OutputSpec],
+    sandboxes: &[SandboxSpec],
+    file: &str,
+) -> Result<(), ConfigFileError> {
+    let name = &l.name;
+    if let Some(missing) = l
+        .outputs
+        .iter()
+        .find(|o| !outputs.iter().any(|out| out.settings.name == **o))
+    {
+        return Err(ConfigFileError(format!(
+            "{file}: [{name}] outputs names [{missing}], which is not an output section"
+        )));
+    }
+    for i in SourceSpec::Listener(l.clone()).routed(outputs) {
+        let (out, limits) = (&outputs[i].settings, &sandboxes[i].limits);
+        if !out.enable_persistent_storage && !l.acknowledge_from_memory {
+            return Err(ConfigFileError(format!(
+                "{file}: [{name}] routes to [{}], which has enable_persistent_storage = false: \
+                 the listener answers 204 only once points are on disk. Enable persistent \
+                 storage there, leave it out of `outputs`, or set acknowledge_from_memory = true \
+                 (points acknowledged from memory are lost in a crash)",
+                out.name
+            )));
+        }
+        let need = (l.max_body_size as u64 * BODY_MEMORY_FACTOR).div_ceil(1 << 20);
+        if u64::from(limits.max_memory_mb) < need {
+            return Err(ConfigFileError(format!(
+                "{file}: [{name}] max_body_size = {} needs max_memory_mb of at least {need} in [{}] \
+                 (it has {}): a request body is parsed and stored inside the output's sandbox. \
+                 Lower max_body_size or raise max_memory_mb",
+                l.max_body_size, out.name, limits.max_memory_mb
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sandbox memory one body of the listener takes at most, per byte: the
+/// bytes, the parsed points and their encoded backlog record.
+pub const BODY_MEMORY_FACTOR: u64 = 4;
 
 /// Read the host keys of an output section; errors name the file, line,
 /// section, key, value and what is expected.
@@ -382,5 +465,46 @@ mod tests {
             let text = format!("[out]\ntransport = influxdb_out\n{key} = {value}\n");
             assert!(parse(&text, "f", Path::new(".")).is_ok(), "{key} = {value}");
         }
+    }
+
+    #[test]
+    fn a_listener_section_is_the_source_and_its_outputs_are_checked() {
+        let ok = "[in]\ntransport = influxdb_listener\nlisten = 127.0.0.1:9999\noutputs = b\n\
+                  [a]\ntransport = influxdb_out\n[b]\ntransport = influxdb_out\n";
+        let p = parse(ok, "f", Path::new(".")).unwrap();
+        assert!(matches!(&p.source, SourceSpec::Listener(l) if l.listen.port() == 9999));
+        assert_eq!(p.source.routed(&p.outputs), [1]);
+        let cases = [
+            (
+                "[in]\ntransport = influxdb_listener\noutputs = c\n[a]\ntransport = influxdb_out\n",
+                "[c], which is not an output section",
+            ),
+            (
+                "[in]\ntransport = influxdb_listener\n[a]\ntransport = influxdb_out\nenable_persistent_storage = false\n",
+                "acknowledge_from_memory",
+            ),
+            (
+                "[in]\ntransport = influxdb_listener\nmax_body_size = 20000000\n[a]\ntransport = influxdb_out\n",
+                "needs max_memory_mb of at least 77 in [a]",
+            ),
+            (
+                "[g]\ntransport = generator\n[in]\ntransport = influxdb_listener\n[a]\ntransport = influxdb_out\n",
+                "second source",
+            ),
+            (
+                "[in]\ntransport = influxdb_listener\nlisten = 8186\n[a]\ntransport = influxdb_out\n",
+                "line 3",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text, "gw.ini", Path::new(".")).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected} missing in: {e}");
+            assert!(e.contains("gw.ini"), "{e}");
+        }
+        // The operator's opt-in, and enough memory, make both acceptable.
+        let opted = "[in]\ntransport = influxdb_listener\nacknowledge_from_memory = true\n\
+                     max_body_size = 20000000\n\
+                     [a]\ntransport = influxdb_out\nenable_persistent_storage = false\nmax_memory_mb = 80\n";
+        assert!(parse(opted, "f", Path::new(".")).is_ok());
     }
 }

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod log;
 pub mod pipeline;
 pub mod precompile;
+pub mod relay;
 pub mod runtime;
 pub mod sandbox;
 pub mod simulate;

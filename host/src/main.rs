@@ -151,6 +151,28 @@ fn cmd_validate(raw: &[String]) -> ExitCode {
             "# source: generator rate={} count={} fields={} series={} measurement={}",
             g.rate, g.count, g.fields, g.series, g.measurement
         ),
+        config::SourceSpec::Listener(l) => {
+            let routed: Vec<String> = spec
+                .source
+                .routed(&spec.outputs)
+                .into_iter()
+                .map(|i| format!("[{}]", spec.outputs[i].settings.name))
+                .collect();
+            println!(
+                "# source: InfluxDB listener [{}] on {} (max_body_size = {}, auth: {}) -> {}",
+                l.name,
+                l.listen,
+                l.max_body_size,
+                if l.has_credentials() {
+                    "required"
+                } else if l.allow_remote_without_auth {
+                    "none, any address"
+                } else {
+                    "none, loopback only"
+                },
+                routed.join(" ")
+            )
+        }
     }
     ExitCode::SUCCESS
 }
@@ -369,7 +391,10 @@ fn cmd_run(raw: &[String]) -> ExitCode {
         .map(PathBuf::from)
         .unwrap_or_else(default_component);
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(spec.outputs.len()))
+        .worker_threads(worker_threads(
+            spec.outputs.len()
+                + usize::from(matches!(spec.source, config::SourceSpec::Listener(_))),
+        ))
         .enable_all()
         .build()
     {

@@ -25,7 +25,9 @@ use crate::bindings::Stats;
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::fanout::{Chunk, Fanout, Inlet};
 use crate::generator::{Generator, GeneratorSpec};
+use crate::listener;
 use crate::log;
+use crate::relay::{self, DurableJob, Routes};
 use crate::runtime::{Runtime, SinkInstance};
 use crate::sandbox::{Backoff, Fault, Limits};
 use crate::swap::{self, ReconfigRequest, SinkHandle, SwapCmd, Swapped};
@@ -87,6 +89,21 @@ pub async fn run(
     // Instantiate every sink before reading any input: a bad config or a
     // component that refuses its settings starts nothing.
     let live = matches!(&spec.source, SourceSpec::Generator(g) if g.rate > 0.0);
+    // A listener binds before any sink starts: a port in use starts nothing.
+    let bound = match &spec.source {
+        SourceSpec::Listener(l) => Some(
+            tokio::net::TcpListener::bind(l.listen)
+                .await
+                .with_context(|| format!("[{}] cannot listen on {}", l.name, l.listen))?,
+        ),
+        _ => None,
+    };
+    let routed = spec.source.routed(&spec.outputs);
+    let (group_bytes, in_memory_ok) = match &spec.source {
+        SourceSpec::Listener(l) => (l.max_body_size, l.acknowledge_from_memory),
+        _ => (0, false),
+    };
+    let mut routes = Routes::new(in_memory_ok);
     let mut sinks = Vec::new();
     for ((output, sandbox), runtime) in spec.outputs.iter().zip(&spec.sandboxes).zip(runtimes) {
         let instance = runtime
@@ -101,14 +118,31 @@ pub async fn run(
             drain_timeout: opts.drain_timeout,
             live,
             retired: Summary::default(),
+            group_bytes,
+            in_memory_ok,
         };
-        sinks.push((ctx, instance));
+        let jobs = routed.contains(&sinks.len()).then(|| {
+            let (tx, rx) = mpsc::channel(relay::JOB_QUEUE);
+            routes.add(output, tx);
+            rx
+        });
+        sinks.push((ctx, instance, jobs));
     }
     let mut fanout = Fanout::new(live);
     let mut tasks = Vec::new();
     let mut handles = Vec::new();
-    let engine = sinks.first().map(|(ctx, _)| ctx.runtime.engine().clone());
-    for (ctx, instance) in sinks {
+    let engine = sinks
+        .first()
+        .map(|(ctx, _, _)| ctx.runtime.engine().clone());
+    // With a listener, the sinks stop once it has answered its last
+    // request, so none is cut off between storing and answering.
+    let (sinks_stop_tx, sinks_stop) = watch::channel(false);
+    let sink_stop = if bound.is_some() {
+        sinks_stop
+    } else {
+        stop.clone()
+    };
+    for (ctx, instance, jobs) in sinks {
         let inlet = fanout.add(&ctx.name, QUEUE_CHUNKS);
         let (tx, swaps) = mpsc::channel(1);
         handles.push(SinkHandle {
@@ -122,8 +156,9 @@ pub async fn run(
             ctx,
             instance,
             inlet,
+            jobs,
             swaps,
-            stop.clone(),
+            sink_stop.clone(),
         )));
     }
     let dispatcher = match (opts.swaps, opts.reconfigs, engine) {
@@ -135,6 +170,26 @@ pub async fn run(
     let source = match spec.source {
         SourceSpec::Stdin => tokio::spawn(read_stdin(fanout, stop.clone())),
         SourceSpec::Generator(g) => tokio::spawn(generate(g, fanout, stop.clone())),
+        SourceSpec::Listener(l) => {
+            let bound = bound.expect("bound above");
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                log::info(
+                    &format!("listener {}", l.name),
+                    &format!(
+                        "listening on http://{} for InfluxDB writes (/write, /api/v2/write); {}",
+                        l.listen,
+                        routes.describe()
+                    ),
+                );
+                listener::serve(bound, l, std::sync::Arc::new(routes), async move {
+                    stopped(&mut stop).await
+                })
+                .await;
+                drop(fanout);
+                let _ = sinks_stop_tx.send(true);
+            })
+        }
     };
     if let Err(e) = source.await {
         log::error("source", &format!("input stopped: {e}"));
@@ -245,6 +300,10 @@ struct SinkCtx {
     live: bool,
     /// Counters of instances closed by a config reload.
     retired: Summary,
+    /// Most bytes of listener writes committed in one group.
+    group_bytes: usize,
+    /// `acknowledge_from_memory`: no persistent storage, answer anyway.
+    in_memory_ok: bool,
 }
 
 /// A sink's input, which outlives its instances.
@@ -261,6 +320,10 @@ struct Feed {
     rejections_logged: u64,
     /// Swaps for this sink (see `swap`); `None` once no more can come.
     swaps: Option<mpsc::Receiver<SwapCmd>>,
+    /// Listener writes for this sink (see `relay`); `None` without.
+    jobs: Option<mpsc::Receiver<DurableJob>>,
+    /// A job taken from `jobs` that did not fit in the last group.
+    next_job: Option<DurableJob>,
 }
 
 /// How an instance crashed, and the chunk it was writing if any (with
@@ -320,6 +383,7 @@ async fn sink_task(
     mut ctx: SinkCtx,
     first: SinkInstance,
     inlet: Inlet,
+    jobs: Option<mpsc::Receiver<DurableJob>>,
     swaps: mpsc::Receiver<SwapCmd>,
     mut stop: watch::Receiver<bool>,
 ) -> SinkResult {
@@ -334,6 +398,8 @@ async fn sink_task(
         drain_deadline: None,
         rejections_logged: 0,
         swaps: Some(swaps),
+        jobs,
+        next_job: None,
     };
     let mut ledger = Ledger::default();
     let mut backoff = Backoff::default();
@@ -676,6 +742,10 @@ async fn drive(
             biased;
             _ = stopped(stop) => return Ok(()),
             cmd = next_swap(&mut feed.swaps) => swap_to(ctx, sink, seen, cmd).await?,
+            job = next_job(&mut feed.next_job, &mut feed.jobs) => match job {
+                Some(job) => commit(ctx, sink, feed, seen, job).await?,
+                None => feed.jobs = None,
+            },
             chunk = feed.rx.recv(), if room > 0 && feed.rest.is_none() => match chunk {
                 Some(chunk) => write_within(name, sink, feed, seen, chunk, room).await?,
                 None => feed.input_done = true,
@@ -705,6 +775,40 @@ async fn drive(
             _ = tokio::time::sleep(wait.min(deadline - now)) => {}
         }
     }
+}
+
+/// The next listener write for this sink: the one left over from the last
+/// group, else the queue's next; never, without a listener.
+async fn next_job(
+    carry: &mut Option<DurableJob>,
+    jobs: &mut Option<mpsc::Receiver<DurableJob>>,
+) -> Option<DurableJob> {
+    if let Some(job) = carry.take() {
+        return Some(job);
+    }
+    match jobs.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Commit `first` and the listener writes waiting behind it as one group.
+async fn commit(
+    ctx: &SinkCtx,
+    sink: &mut SinkInstance,
+    feed: &mut Feed,
+    seen: &mut Seen,
+    first: DurableJob,
+) -> std::result::Result<(), Crash> {
+    let group = match feed.jobs.as_mut() {
+        Some(rx) => relay::gather(first, rx, &mut feed.next_job, ctx.group_bytes),
+        None => vec![first],
+    };
+    let accepted = relay::commit(sink, group, ctx.in_memory_ok)
+        .await
+        .map_err(|e| crash(sink, e))?;
+    seen.accepted_since += accepted;
+    refresh(sink, seen).await
 }
 
 /// New settings: shut the old instance down (its memory goes to the

@@ -20,7 +20,9 @@ use wasmtime::{Engine, Result, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::bindings::{InfluxSink, InfluxSinkPre, Point, Stats, WriteResult};
+use crate::bindings::{
+    DurableRefusal, DurableWrite, InfluxSink, InfluxSinkPre, Point, Stats, WriteResult,
+};
 use crate::config::{OutputSpec, PipelineSpec};
 use crate::connections::{Connections, IoFuture};
 use crate::precompile;
@@ -483,6 +485,22 @@ impl SinkInstance {
 
     pub async fn write_points(&mut self, points: &[Point]) -> Result<WriteResult> {
         sink_call!(self, Call::WritePoints, call_write_points, points)
+    }
+
+    /// A group commit of listener writes (see `write-durable` in the WIT):
+    /// one result per write, `Ok` once its points are durable.
+    pub async fn write_durable(
+        &mut self,
+        writes: &[DurableWrite],
+        in_memory_ok: bool,
+    ) -> Result<Vec<std::result::Result<WriteResult, DurableRefusal>>> {
+        sink_call!(
+            self,
+            Call::WriteDurable,
+            call_write_durable,
+            writes,
+            in_memory_ok
+        )
     }
 
     /// One turn; returns the nanoseconds until the sink wants the next.

@@ -98,61 +98,114 @@ impl<B: Backlog> Policy<B> {
     /// anything to make room; see [`Refusal`] for what a refusal left.
     pub fn write_durable(
         &mut self,
-        mut points: Vec<Point>,
+        points: Vec<Point>,
         now: Instant,
         wall: i64,
     ) -> Result<u64, Refusal> {
+        let mut one = self.write_durable_group(vec![points], now, wall);
+        one.pop().unwrap_or(Ok(0))
+    }
+
+    /// A group commit of concurrent writes: each is taken whole or refused
+    /// whole, in order, as room allows; all that are taken are stored as
+    /// one backlog record with one fsync, so the cost of the sync is shared.
+    /// One result per write, as [`Self::write_durable`] gives it.
+    pub fn write_durable_group(
+        &mut self,
+        mut writes: Vec<Vec<Point>>,
+        now: Instant,
+        wall: i64,
+    ) -> Vec<Result<u64, Refusal>> {
         self.clock = (now, wall);
-        if points.is_empty() {
-            return Ok(0);
-        }
+        let mut results: Vec<Result<u64, Refusal>> = Vec::with_capacity(writes.len());
         if !self.s.enable_persistent_storage {
-            let reason = format!(
-                "output [{}] has enable_persistent_storage = false: its backlog is only in memory, so no write can be acknowledged as durable",
-                self.s.name
-            );
-            return Err(self.refuse(Refusal::Storage(reason)));
+            for w in &writes {
+                results.push(if w.is_empty() {
+                    Ok(0)
+                } else {
+                    let reason = format!(
+                        "output [{}] has enable_persistent_storage = false: its backlog is only in memory, so no write can be acknowledged as durable",
+                        self.s.name
+                    );
+                    Err(self.refuse(Refusal::Storage(reason)))
+                });
+            }
+            return results;
         }
-        let n = points.len() as u64;
         let (max_points, max_bytes) = self.storage.limits();
-        if n > max_points || n > u64::from(u32::MAX) {
-            let reason = format!(
-                "{n} points in one write; the backlog holds at most {max_points} (max_backlog_size)"
-            );
-            return Err(self.refuse(Refusal::TooLarge(reason)));
-        }
-        // Stamp before measuring: the encoding depends on the times. A
-        // refusal after this only uses up stamps, which stay unique.
-        self.stamper
-            .stamp(&mut points, wall, self.s.precision.nanos());
-        let need = record_bytes(&points);
-        // One record holds the whole batch; the frame's length field bounds
+        // One record holds the whole group; the frame's length field bounds
         // it (only reachable with max_backlog_bytes over 4 GiB).
         let most = max_bytes.min(MAX_RECORD_PAYLOAD);
-        if need > most {
-            let limit = if most == max_bytes {
-                "max_backlog_bytes"
-            } else {
-                "one backlog record"
-            };
-            let reason = format!(
-                "{n} points in one write take {need} bytes in the backlog; it holds at most {most} ({limit})"
-            );
-            return Err(self.refuse(Refusal::TooLarge(reason)));
+        let (mut room_points, mut room_bytes) = self.storage.room();
+        // The group's record: its overhead is paid once.
+        room_bytes = room_bytes.saturating_sub(MAX_RECORD_OVERHEAD);
+        let mut taken: Vec<Point> = Vec::new();
+        let mut taken_n = 0u64;
+        for points in &mut writes {
+            let n = points.len() as u64;
+            if n == 0 {
+                results.push(Ok(0));
+                continue;
+            }
+            if n > max_points || n > u64::from(u32::MAX) {
+                let reason = format!(
+                    "{n} points in one write; the backlog holds at most {max_points} (max_backlog_size)"
+                );
+                results.push(Err(self.refuse(Refusal::TooLarge(reason))));
+                continue;
+            }
+            // Stamp before measuring: the encoding depends on the times. A
+            // refusal after this only uses up stamps, which stay unique.
+            self.stamper.stamp(points, wall, self.s.precision.nanos());
+            let need = record_bytes(points);
+            if need > most {
+                let limit = if most == max_bytes {
+                    "max_backlog_bytes"
+                } else {
+                    "one backlog record"
+                };
+                let reason = format!(
+                    "{n} points in one write take {need} bytes in the backlog; it holds at most {most} ({limit})"
+                );
+                results.push(Err(self.refuse(Refusal::TooLarge(reason))));
+                continue;
+            }
+            let body = need - MAX_RECORD_OVERHEAD;
+            if n > room_points || body > room_bytes || taken_n + n > u64::from(u32::MAX) {
+                let retry_after_s = self.retry_after_s(now);
+                results.push(Err(self.refuse(Refusal::Full { retry_after_s })));
+                continue;
+            }
+            room_points -= n;
+            room_bytes -= body;
+            taken_n += n;
+            taken.append(points);
+            results.push(Ok(n));
         }
-        let (room_points, room_bytes) = self.storage.room();
-        if n > room_points || need > room_bytes {
-            let retry_after_s = self.retry_after_s(now);
-            return Err(self.refuse(Refusal::Full { retry_after_s }));
+        if taken_n == 0 {
+            return results;
         }
+        let failure = self.store_durable(&taken, now, wall);
+        if let Some(refusal) = failure {
+            for r in results.iter_mut().filter(|r| matches!(r, Ok(n) if *n > 0)) {
+                *r = Err(refusal.clone());
+            }
+        }
+        results
+    }
+
+    /// Append `points` as one record and sync it; `None` when they are
+    /// durable, else the refusal every write in them gets.
+    fn store_durable(&mut self, points: &[Point], now: Instant, wall: i64) -> Option<Refusal> {
+        let n = points.len() as u64;
         let was_empty = self.storage.is_empty();
         let before = self.counters.backlogged;
-        let stored = self.with_storage(|st, r| st.append_durable(&points, now, wall, r));
+        let stored = self.with_storage(|st, r| st.append_durable(points, now, wall, r));
         match stored {
             Ok(()) => {}
             Err(DurableError::Append(e)) => {
                 let reason = format!("could not store the points in the backlog: {e}");
-                return Err(self.refuse(Refusal::Storage(reason)));
+                return Some(self.refuse(Refusal::Storage(reason)));
             }
             Err(DurableError::Sync(e)) => {
                 self.counters.accepted += n;
@@ -160,7 +213,7 @@ impl<B: Backlog> Policy<B> {
                 let reason = format!(
                     "stored {n} points in the backlog but could not sync it to disk ({e}); they will be delivered but may not survive a power cut"
                 );
-                return Err(self.refuse(Refusal::Storage(reason)));
+                return Some(self.refuse(Refusal::Storage(reason)));
             }
         }
         self.counters.accepted += n;
@@ -176,7 +229,7 @@ impl<B: Backlog> Policy<B> {
                 format!("Durable writes are stored again ({k} refused meanwhile)"),
             );
         }
-        Ok(n)
+        None
     }
 
     /// Room for durable writes now: (points, bytes of codec body). A batch

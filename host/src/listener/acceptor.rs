@@ -130,6 +130,9 @@ pub enum Accepted {
     /// Cannot take data now (backlog full, shutting down): `503` with
     /// `Retry-After`.
     Busy { retry_after_s: u64, why: String },
+    /// The write can never be taken whole (more than an output's backlog
+    /// holds): `413`.
+    TooLarge(String),
     /// This client is over its rate: `429` with `Retry-After`.
     TooMany { retry_after_s: u64 },
     /// Anything else: `500`.

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `transport` | (required) | `influxdb_listener` |
 //! | `listen` | `127.0.0.1:8186` | IP address and TCP port to listen on (`[::]:8186`, `0.0.0.0:8186` for all interfaces) |
-//! | `max_body_size` | `25000000` | bytes, 1 to 1073741824; the largest request body, both as sent and after gzip inflation (InfluxDB's `max-body-size`); over it: `413` |
+//! | `max_body_size` | `10000000` | bytes, 1 to 1073741824; the largest request body, both as sent and after gzip inflation (InfluxDB's `max-body-size`); over it: `413`. Every routed output's `max_memory_mb` must hold four times it (a body is parsed and stored inside the sink's sandbox) |
 //! | `max_connections` | `256` | open connections, 1 to 100000; one more is answered `503` and closed |
 //! | `header_timeout` | `10` | seconds (decimal, 0.001 to 3600) to receive a request's head; also how long an idle keep-alive connection stays open |
 //! | `read_timeout` | `30` | seconds (decimal, 0.001 to 3600) to receive a request's whole body; over it: `408` |
@@ -19,6 +19,7 @@
 //! | `allow_remote_without_auth` | `false` | with no `users` and no `tokens`: whether clients other than loopback may write (otherwise `403`) |
 //! | `outputs` | (all) | output sections to route to, `a, b`; empty means all |
 //! | `version` | `1.8.10` | the InfluxDB version reported in `X-Influxdb-Version` and `/health` |
+//! | `acknowledge_from_memory` | `false` | let outputs with `enable_persistent_storage = false` answer `204` once the points are in their memory (lost in a crash); without it such an output cannot be routed to |
 //! | `shutdown_timeout` | `10` | seconds (decimal, 0.001 to 3600) that requests in flight get to finish at shutdown |
 
 use std::fmt;
@@ -67,6 +68,7 @@ pub struct ListenerConfig {
     pub outputs: Vec<String>,
     pub version: String,
     pub shutdown_timeout: Duration,
+    pub acknowledge_from_memory: bool,
 }
 
 impl ListenerConfig {
@@ -75,7 +77,7 @@ impl ListenerConfig {
         ListenerConfig {
             name: name.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8186)),
-            max_body_size: 25_000_000,
+            max_body_size: 10_000_000,
             max_connections: 256,
             header_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -86,6 +88,7 @@ impl ListenerConfig {
             outputs: Vec::new(),
             version: "1.8.10".to_string(),
             shutdown_timeout: Duration::from_secs(10),
+            acknowledge_from_memory: false,
         }
     }
 
@@ -155,6 +158,9 @@ impl ListenerConfig {
                     if c.tokens.iter().any(|t| t.0.contains(char::is_whitespace)) {
                         return Err(err("a list of tokens without spaces, separated by commas"));
                     }
+                }
+                "acknowledge_from_memory" => {
+                    c.acknowledge_from_memory = boolean(v).ok_or_else(|| err("true or false"))?
                 }
                 "allow_remote_without_auth" => {
                     c.allow_remote_without_auth = boolean(v).ok_or_else(|| err("true or false"))?
@@ -239,7 +245,7 @@ mod tests {
         assert!(unknown.is_empty());
         assert_eq!(c, ListenerConfig::defaults("relay"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:8186");
-        assert_eq!(c.max_body_size, 25_000_000);
+        assert_eq!(c.max_body_size, 10_000_000);
         assert_eq!(c.max_connections, 256);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.read_timeout, Duration::from_secs(30));

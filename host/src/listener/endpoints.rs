@@ -337,6 +337,7 @@ async fn answer<A: Acceptor>(shared: &Shared<A>, write: Write, api: Api) -> Repl
         Accepted::Busy { retry_after_s, why } => Problem::new(StatusCode::SERVICE_UNAVAILABLE, why)
             .retry_after(retry_after_s)
             .render(api),
+        Accepted::TooLarge(why) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, why).render(api),
         Accepted::TooMany { retry_after_s } => Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests; retry later",

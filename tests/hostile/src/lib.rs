@@ -137,38 +137,10 @@ fn stranger(name: &str, settings: &[(String, String)]) {
     );
 }
 
-impl GuestSink for Sink {
-    fn open(name: String, settings: Vec<(String, String)>) -> Result<wit::Sink, String> {
-        let _ = setting(&settings, "port");
-        #[cfg(feature = "escape")]
-        escape(&name);
-        #[cfg(feature = "stranger")]
-        stranger(&name, &settings);
-        say(&name, "opened");
-        Ok(wit::Sink::new(Sink {
-            counts: RefCell::new(Counts {
-                name,
-                accepted: 0,
-                pending: 0,
-                delivered: 0,
-                writes: 0,
-            }),
-        }))
-    }
-
-    fn version() -> String {
-        "0.0.0-hostile".into()
-    }
-
-    fn restore(_snapshot: Vec<u8>) -> Result<wit::Sink, String> {
-        #[cfg(feature = "fail_after_restore")]
-        return Self::open("restored".into(), Vec::new());
-        #[allow(unreachable_code)]
-        Err("a hostile sink cannot restore".into())
-    }
-
-    fn write_lines(&self, lines: Vec<u8>) -> wit::WriteResult {
-        let _ = &lines;
+impl Sink {
+    /// A write of `lines`, misbehaving as the build's feature says.
+    fn take(&self, lines: &[u8]) -> wit::WriteResult {
+        let _ = lines;
         let mut c = self.counts.borrow_mut();
         c.writes += 1;
         #[cfg(feature = "spin")]
@@ -212,6 +184,50 @@ impl GuestSink for Sink {
                 rejected: Vec::new(),
             }
         }
+    }
+}
+
+impl GuestSink for Sink {
+    fn open(name: String, settings: Vec<(String, String)>) -> Result<wit::Sink, String> {
+        let _ = setting(&settings, "port");
+        #[cfg(feature = "escape")]
+        escape(&name);
+        #[cfg(feature = "stranger")]
+        stranger(&name, &settings);
+        say(&name, "opened");
+        Ok(wit::Sink::new(Sink {
+            counts: RefCell::new(Counts {
+                name,
+                accepted: 0,
+                pending: 0,
+                delivered: 0,
+                writes: 0,
+            }),
+        }))
+    }
+
+    fn version() -> String {
+        "0.0.0-hostile".into()
+    }
+
+    fn restore(_snapshot: Vec<u8>) -> Result<wit::Sink, String> {
+        #[cfg(feature = "fail_after_restore")]
+        return Self::open("restored".into(), Vec::new());
+        #[allow(unreachable_code)]
+        Err("a hostile sink cannot restore".into())
+    }
+
+    fn write_lines(&self, lines: Vec<u8>) -> wit::WriteResult {
+        self.take(&lines)
+    }
+
+    /// The listener's writes misbehave as `write_lines` does.
+    fn write_durable(
+        &self,
+        writes: Vec<wit::DurableWrite>,
+        _in_memory_ok: bool,
+    ) -> Vec<Result<wit::WriteResult, wit::DurableRefusal>> {
+        writes.iter().map(|w| Ok(self.take(&w.lines))).collect()
     }
 
     fn write_points(&self, points: Vec<wit::Point>) -> wit::WriteResult {
