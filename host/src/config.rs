@@ -497,7 +497,9 @@ mod tests {
             ),
         ];
         for (text, expected) in cases {
-            let e = parse(text, "gw.ini", Path::new(".")).unwrap_err().to_string();
+            let e = parse(text, "gw.ini", Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(expected), "{expected} missing in: {e}");
             assert!(e.contains("gw.ini"), "{e}");
         }

@@ -221,7 +221,7 @@ fn refused(name: &str, r: DurableRefusal) -> Accepted {
         DurableRefusal::Full(s) => Accepted::Busy {
             retry_after_s: s,
             why: format!(
-                "the backlog of output [{name}] is full (its server is not taking points); retry later"
+                "the backlog of output [{name}] is full: its server is down, refusing, or slower than the writers; retry later"
             ),
         },
         DurableRefusal::TooLarge(why) => Accepted::TooLarge(format!("output [{name}]: {why}")),

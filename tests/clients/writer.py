@@ -7,7 +7,11 @@ through an outage). After each acknowledged request its seqs are appended
 to ACKS (one per line, flushed), so the test knows what was acknowledged
 even while the writer runs.
 
-  python writer.py MODE PORT DB MEASUREMENT COUNT BATCH BASE_MS ACKS
+  python writer.py MODE PORT DB MEASUREMENT COUNT BATCH BASE_MS ACKS [PAUSE_MS]
+
+PAUSE_MS (default 0) paces the writer: a pause after each request (v2:
+after each BATCH points handed to its write API), as a gateway that
+writes as readings come.
 
 MODE:
   v1    the `influxdb` 5.3.2 client (the gateway's): write_points, ms
@@ -34,7 +38,7 @@ def record(acks, seqs):
     acks.flush()
 
 
-def v1(port, db, measurement, count, batch, base_ms, acks):
+def v1(port, db, measurement, count, batch, base_ms, acks, pause):
     from influxdb import InfluxDBClient
 
     client = InfluxDBClient(host="127.0.0.1", port=port, database=db, timeout=10, retries=1)
@@ -57,9 +61,10 @@ def v1(port, db, measurement, count, batch, base_ms, acks):
                 print(f"v1: retrying after {type(e).__name__}: {e}"[:300], file=sys.stderr)
             time.sleep(RETRY_PAUSE_S)
         record(acks, seqs)
+        time.sleep(pause)
 
 
-def v2(port, db, measurement, count, batch, base_ms, acks):
+def v2(port, db, measurement, count, batch, base_ms, acks, pause):
     from influxdb_client import InfluxDBClient, WriteOptions, WritePrecision
     from influxdb_client.client.write_api import WriteType
 
@@ -97,12 +102,14 @@ def v2(port, db, measurement, count, batch, base_ms, acks):
                 record=line(measurement, s, base_ms),
                 write_precision=WritePrecision.MS,
             )
+            if (s + 1) % batch == 0:
+                time.sleep(pause)
     client.close()
     if failed:
         sys.exit(f"v2: {len(failed)} batches were given up")
 
 
-def curl(port, db, measurement, count, batch, base_ms, acks):
+def curl(port, db, measurement, count, batch, base_ms, acks, pause):
     url = f"http://127.0.0.1:{port}/write?db={db}&precision=ms"
     with tempfile.NamedTemporaryFile(suffix=".gz") as body:
         for start in range(0, count, batch):
@@ -123,13 +130,15 @@ def curl(port, db, measurement, count, batch, base_ms, acks):
                 print(f"curl: retrying after status {r.stdout or r.returncode}", file=sys.stderr)
                 time.sleep(RETRY_PAUSE_S)
             record(acks, seqs)
+            time.sleep(pause)
 
 
 def main():
     mode, port, db, measurement, count, batch, base_ms, acks_path = sys.argv[1:9]
+    pause = int(sys.argv[9]) / 1000 if len(sys.argv) > 9 else 0
     args = (int(port), db, measurement, int(count), int(batch), int(base_ms))
     with open(acks_path, "a") as acks:
-        {"v1": v1, "v2": v2, "curl": curl}[mode](*args, acks)
+        {"v1": v1, "v2": v2, "curl": curl}[mode](*args, acks, pause)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@
 
 pub mod chaos;
 pub mod cli;
+pub mod clients;
 mod config;
 mod influxd;
 mod proxy;
