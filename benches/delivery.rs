@@ -25,9 +25,10 @@
 
 mod common;
 
+use common::poster::Poster;
+
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -131,76 +132,6 @@ fn encode(body: &[u8], gzip: bool) -> Vec<u8> {
     e.finish().expect("gzip")
 }
 
-/// A keep-alive HTTP/1.1 connection posting to `/write`, written by hand:
-/// no client library between the bench and influxd.
-struct Writer {
-    out: TcpStream,
-    answers: BufReader<TcpStream>,
-    head: String,
-    line: String,
-}
-
-impl Writer {
-    fn connect(port: u16, gzip: bool) -> Writer {
-        let out = TcpStream::connect(("127.0.0.1", port)).expect("connect to influxd");
-        out.set_nodelay(true).expect("TCP_NODELAY");
-        let answers = BufReader::new(out.try_clone().expect("clone socket"));
-        let encoding = if gzip {
-            "Content-Encoding: gzip\r\n"
-        } else {
-            ""
-        };
-        let head = format!(
-            "POST /write?db={DATABASE}&precision=ns HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n{encoding}Content-Length: "
-        );
-        Writer {
-            out,
-            answers,
-            head,
-            line: String::new(),
-        }
-    }
-
-    /// Send `body`, read the answer; panics unless it is 204.
-    fn post(&mut self, body: &[u8]) {
-        let head = format!("{}{}\r\n\r\n", self.head, body.len());
-        self.out.write_all(head.as_bytes()).expect("send request");
-        self.out.write_all(body).expect("send body");
-        self.line.clear();
-        self.answers.read_line(&mut self.line).expect("read answer");
-        let status = self.line.trim_end().to_string();
-        let length = self.skip_headers();
-        let mut text = vec![0; length];
-        self.answers
-            .read_exact(&mut text)
-            .expect("read answer body");
-        assert!(
-            status.starts_with("HTTP/1.1 204"),
-            "influxd answered {status:?}: {}",
-            String::from_utf8_lossy(&text)
-        );
-    }
-
-    /// Read the answer's headers; its Content-Length (0 if none).
-    fn skip_headers(&mut self) -> usize {
-        let mut length = 0;
-        loop {
-            self.line.clear();
-            self.answers.read_line(&mut self.line).expect("read header");
-            let h = self.line.trim_end();
-            if h.is_empty() {
-                return length;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().expect("Content-Length");
-                }
-            }
-        }
-    }
-}
-
 /// Points/s of a fresh influxd taking `bodies` from `clients` threads (each
 /// takes every `clients`-th body), from the moment all are connected until
 /// the last answer.
@@ -214,10 +145,12 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
             .map(|c| {
                 let ready = &ready;
                 s.spawn(move || {
-                    let mut w = Writer::connect(port, gzip);
+                    let mut w =
+                        Poster::connect(port, &format!("/write?db={DATABASE}&precision=ns"), gzip);
                     ready.wait();
                     for body in bodies.iter().skip(c).step_by(clients) {
-                        w.post(body);
+                        let answer = w.post(body);
+                        assert_eq!(answer.status, 204, "influxd answered {answer:?}");
                     }
                 })
             })

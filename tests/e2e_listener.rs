@@ -284,3 +284,117 @@ fn writes_reach_only_their_database() {
         "{v}"
     );
 }
+
+/// POST until the answer is not 503 (and the connection not refused or
+/// closed: the listener at `max_connections`), within a minute.
+fn post_through(port: u16, query: &str, body: &[u8], gzip: bool) -> (u16, String) {
+    let agent = harness::http_agent(Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut req = agent.post(&format!("http://127.0.0.1:{port}/write?{query}"));
+        if gzip {
+            req = req.set("Content-Encoding", "gzip");
+        }
+        let answer = match req.send_bytes(body) {
+            Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+            Err(ureq::Error::Status(503, _)) => None,
+            Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+            Err(_) => None,
+        };
+        if let Some(a) = answer {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener stayed busy for a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Slowloris connections over `max_connections`, a 100,000-field line,
+/// invalid UTF-8 and a gzip bomb against the real pipeline: each gets its
+/// answer, the host goes on, and a good writer's points all land.
+#[test]
+fn hostile_clients_get_answers_and_the_good_writer_gets_through() {
+    use std::io::Write;
+    Sink::require_built();
+    let dir = tempfile::tempdir().unwrap();
+    let influxd = Influxd::start();
+    let port = free_port();
+    let backlog = dir.path().join("backlog");
+    let text = listener_section(port, &[("header_timeout", "1"), ("read_timeout", "2")])
+        + &output_section(
+            "out",
+            influxd.port(),
+            DB,
+            &[("persistent_storage_path", backlog.to_str().unwrap())],
+        );
+    let cfg = write_config(dir.path(), &text);
+    let mut sink = start_relay(&cfg);
+    // 600 connections that never send a request (the limit is 256).
+    let idle: Vec<std::net::TcpStream> = (0..600)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(idle.len() >= 256, "only {} connections opened", idle.len());
+    // One field per value, 100,000 of them, beside a good line.
+    let wide: String = (0..100_000)
+        .map(|i| format!("f{i}=1i"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = format!("wide,device=inv1 {wide} 1000\nhostile,device=inv1 seq=1i 1000\n");
+    let (code, answer) = post_through(port, &format!("db={DB}"), body.as_bytes(), false);
+    assert!(code == 204 || code == 400, "{code} {answer}");
+    let mut bad = b"hostile,device=inv1 seq=2i 2000\nhostile,device=inv1 name=\"".to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(b"\" 3000\n");
+    let (code, answer) = post_through(port, &format!("db={DB}"), &bad, false);
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer.contains("partial write") && answer.contains("UTF-8"),
+        "{answer}"
+    );
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![b'0'; 1 << 20];
+        for _ in 0..64 {
+            e.write_all(&zeros).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    let (code, answer) = post_through(port, &format!("db={DB}"), &bomb, true);
+    assert_eq!(code, 413, "{answer}");
+    // The good writer: 20 requests of 100 lines.
+    for r in 0..20u64 {
+        let body: String = (0..100)
+            .map(|i| {
+                format!(
+                    "good,device=inv1 seq={}i {}\n",
+                    r * 100 + i,
+                    r * 100 + i + 1
+                )
+            })
+            .collect();
+        let (code, answer) = post_through(port, &format!("db={DB}"), body.as_bytes(), false);
+        assert_eq!(code, 204, "{answer}");
+    }
+    drop(idle);
+    let landed = wait_until(Duration::from_secs(60), || {
+        influxd.count(DB, "good", "seq") >= 2000 && influxd.count(DB, "hostile", "seq") >= 2
+    });
+    assert!(sink.is_running(), "{}", sink.stderr_tail(20));
+    sink.sigterm();
+    let (_, stderr) = sink.wait();
+    assert!(landed, "{}", harness::tail(&stderr, 20));
+    assert_eq!(influxd.count(DB, "good", "seq"), 2000);
+    assert_eq!(
+        influxd.count(DB, "hostile", "seq"),
+        2,
+        "the good lines beside the bad ones"
+    );
+    assert!(
+        !stderr.contains("crashed"),
+        "{}",
+        harness::tail(&stderr, 20)
+    );
+}

@@ -279,3 +279,95 @@ fn a_bad_component_is_refused_and_the_running_version_stays() {
     );
     assert_eq!(influx.count("refuse", MEASUREMENT, "seq"), sent);
 }
+
+/// Swaps v1 ↔ v2 (and so a rollback each time) while the gateway's own
+/// client writes through the listener: every write acknowledged before,
+/// during and after the swaps is in InfluxDB exactly once.
+#[test]
+fn swapping_with_a_listener_running_keeps_every_acknowledged_point() {
+    use harness::clients::{listener_section, Writer, WriterSpec};
+    const COUNT: u64 = 20_000;
+    Sink::require_built();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let v1 = dir.path().join("v1.wasm");
+    std::fs::copy(harness::component_path(), &v1).expect("copy the component");
+    let v2 = build_next(dir.path());
+    let influx = Influxd::start();
+    let admin = harness::free_port();
+    let listen = harness::free_port();
+    let config = write_config(
+        dir.path(),
+        &(listener_section(listen, &[])
+            + &output_section(
+                "influx",
+                influx.port(),
+                DB,
+                &[("persistent_storage_path", "backlog")],
+            )),
+    );
+    let v1_arg = v1.display().to_string();
+    let admin_arg = admin.to_string();
+    let cache = dir.path().join("cache").display().to_string();
+    let mut sink = Sink::spawn_with(
+        &config,
+        Stdin::Empty,
+        &[
+            "--component",
+            &v1_arg,
+            "--admin",
+            &admin_arg,
+            "--cache-dir",
+            &cache,
+        ],
+    );
+    assert!(
+        sink.wait_for_log("listening on http://", Duration::from_secs(30)),
+        "{}",
+        sink.stderr_tail(20)
+    );
+    let base_ms = harness::now_ns() / 1_000_000 - 86_400_000;
+    let mut writer = Writer::spawn(
+        &WriterSpec {
+            mode: "v1",
+            port: listen,
+            db: DB.into(),
+            measurement: "relay_swap".into(),
+            count: COUNT,
+            batch: 100,
+            base_ms,
+            pause_ms: 20,
+        },
+        dir.path(),
+    );
+    let mut swaps = 0;
+    while writer.acks() < COUNT as usize && swaps < 40 {
+        let next = if swaps % 2 == 0 { &v2 } else { &v1 };
+        let (status, answer) = swap(admin, next);
+        assert_eq!(
+            status,
+            200,
+            "swap {swaps}: {answer}\n{}",
+            sink.stderr_tail(20)
+        );
+        swaps += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        writer.wait(Duration::from_secs(120)),
+        "the writer did not finish: {}",
+        harness::tail(&writer.log(), 20)
+    );
+    assert_eq!(writer.acked().len() as u64, COUNT);
+    let landed = harness::wait_until(Duration::from_secs(60), || {
+        influx.count(DB, "relay_swap", "seq") >= COUNT
+    });
+    sink.sigterm();
+    let (_, stderr) = sink.wait();
+    assert!(landed, "{}", harness::tail(&stderr, 30));
+    assert!(
+        swaps >= 4,
+        "only {swaps} swaps happened while the writer ran"
+    );
+    assert_eq!(influx.count(DB, "relay_swap", "seq"), COUNT);
+    assert_eq!(influx.count_distinct(DB, "relay_swap", "seq"), COUNT);
+}

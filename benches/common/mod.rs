@@ -4,6 +4,8 @@
 //! uses only part of it.
 #![allow(dead_code)]
 
+pub mod poster;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -387,6 +387,11 @@ pub fn engine(opts: &EngineOptions) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // `INFLUX_SINK_PROFILE=perfmap`: name the compiled wasm functions for
+    // `perf` (/tmp/perf-PID.map), for finding where the component's time goes.
+    if std::env::var("INFLUX_SINK_PROFILE").is_ok_and(|v| v == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(opts.pooling()));
     let engine = match Engine::new(&config) {
         Ok(e) => e,
