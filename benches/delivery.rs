@@ -26,6 +26,7 @@
 mod common;
 
 use common::poster::Poster;
+use common::{env_number, machine};
 
 use std::fs::File;
 use std::io::Write;
@@ -66,16 +67,6 @@ struct Row {
     ceiling: [f64; 2],
     sink: f64,
     cpu_us: f64,
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
 }
 
 /// `DELIVERY_CASES=100:identity,5000:gzip`, else all four.
@@ -296,26 +287,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
     } else {
         (xs[mid - 1] + xs[mid]) / 2.0
     }
-}
-
-/// `nproc` and the CPU's model name.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                Some(
-                    l.strip_prefix("model name")?
-                        .split_once(':')?
-                        .1
-                        .trim()
-                        .into(),
-                )
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    format!("{cores} CPUs, {model}")
 }
 
 /// The ceilings and the sink for one case, `repeat` times each.

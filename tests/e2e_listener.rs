@@ -13,7 +13,7 @@
 //! Run: `cargo test --release --test e2e_listener`
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::chaos::field_values;
@@ -24,6 +24,33 @@ const DB: &str = "relay";
 const COUNT: u64 = 12_000;
 const BATCH: u64 = 100;
 const PAUSE_MS: u64 = 10;
+
+/// A listener on a free port in front of one output `out` writing to `DB` on
+/// `influx_port`, its backlog under `dir`.
+struct Relay {
+    port: u16,
+    cfg: PathBuf,
+    sink: Sink,
+}
+
+impl Relay {
+    fn start(
+        dir: &Path,
+        influx_port: u16,
+        listener: &[(&str, &str)],
+        output: &[(&str, &str)],
+    ) -> Relay {
+        let port = free_port();
+        let backlog = dir.join("backlog");
+        let mut keys = vec![("persistent_storage_path", backlog.to_str().unwrap())];
+        keys.extend_from_slice(output);
+        let text =
+            listener_section(port, listener) + &output_section("out", influx_port, DB, &keys);
+        let cfg = write_config(dir, &text);
+        let sink = start_relay(&cfg);
+        Relay { port, cfg, sink }
+    }
+}
 
 fn start_relay(cfg: &Path) -> Sink {
     let sink = Sink::spawn(cfg, None);
@@ -61,14 +88,11 @@ fn through_an_outage_and_a_kill9(mode: &'static str, extra: &[(&str, &str)]) {
     Sink::require_built();
     let dir = tempfile::tempdir().unwrap();
     let mut influxd = Influxd::start();
-    let port = free_port();
-    let backlog = dir.path().join("backlog");
-    let backlog = backlog.to_str().unwrap();
-    let mut keys = vec![("persistent_storage_path", backlog)];
-    keys.extend_from_slice(extra);
-    let text = listener_section(port, &[]) + &output_section("out", influxd.port(), DB, &keys);
-    let cfg = write_config(dir.path(), &text);
-    let mut sink = start_relay(&cfg);
+    let Relay {
+        port,
+        cfg,
+        mut sink,
+    } = Relay::start(dir.path(), influxd.port(), &[], extra);
     let measurement = format!("relay_{mode}");
     // A day back, so the points are not stamped "now" by anyone.
     let base_ms = now_ns() / 1_000_000 - 86_400_000;
@@ -180,17 +204,7 @@ fn untimestamped_lines_from_concurrent_writers_all_land_as_distinct_points() {
     Sink::require_built();
     let dir = tempfile::tempdir().unwrap();
     let influxd = Influxd::start();
-    let port = free_port();
-    let backlog = dir.path().join("backlog");
-    let text = listener_section(port, &[])
-        + &output_section(
-            "out",
-            influxd.port(),
-            DB,
-            &[("persistent_storage_path", backlog.to_str().unwrap())],
-        );
-    let cfg = write_config(dir.path(), &text);
-    let mut sink = start_relay(&cfg);
+    let Relay { port, mut sink, .. } = Relay::start(dir.path(), influxd.port(), &[], &[]);
     let (writers, requests, lines) = (4u64, 25u64, 200u64);
     std::thread::scope(|s| {
         for w in 0..writers {
@@ -321,17 +335,8 @@ fn hostile_clients_get_answers_and_the_good_writer_gets_through() {
     Sink::require_built();
     let dir = tempfile::tempdir().unwrap();
     let influxd = Influxd::start();
-    let port = free_port();
-    let backlog = dir.path().join("backlog");
-    let text = listener_section(port, &[("header_timeout", "1"), ("read_timeout", "2")])
-        + &output_section(
-            "out",
-            influxd.port(),
-            DB,
-            &[("persistent_storage_path", backlog.to_str().unwrap())],
-        );
-    let cfg = write_config(dir.path(), &text);
-    let mut sink = start_relay(&cfg);
+    let timeouts = [("header_timeout", "1"), ("read_timeout", "2")];
+    let Relay { port, mut sink, .. } = Relay::start(dir.path(), influxd.port(), &timeouts, &[]);
     // 600 connections that never send a request (the limit is 256).
     let idle: Vec<std::net::TcpStream> = (0..600)
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())

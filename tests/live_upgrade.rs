@@ -52,6 +52,30 @@ fn swap(port: u16, component: &Path) -> (u16, String) {
 }
 
 /// The pauses of the `swapped ... in X ms` log lines, sorted.
+/// The sink running `component` with an admin endpoint on `admin` and its
+/// compiled-component cache under `dir`.
+fn spawn_swappable(
+    config: &Path,
+    component: &Path,
+    admin: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Sink {
+    let component = component.display().to_string();
+    let admin = admin.to_string();
+    let cache = dir.join("cache").display().to_string();
+    let mut args = vec![
+        "--component",
+        &component,
+        "--admin",
+        &admin,
+        "--cache-dir",
+        &cache,
+    ];
+    args.extend_from_slice(extra);
+    Sink::spawn_with(config, Stdin::Empty, &args)
+}
+
 fn pauses(stderr: &str) -> Vec<f64> {
     let mut v: Vec<f64> = stderr
         .lines()
@@ -100,23 +124,7 @@ fn swapping_back_and_forth_under_load_and_an_outage_loses_nothing() {
             )
         ),
     );
-    let v1_arg = v1.display().to_string();
-    let admin_arg = admin.to_string();
-    let cache = dir.path().join("cache").display().to_string();
-    let mut sink = Sink::spawn_with(
-        &config,
-        Stdin::Empty,
-        &[
-            "--component",
-            &v1_arg,
-            "--admin",
-            &admin_arg,
-            "--cache-dir",
-            &cache,
-            "--drain-timeout",
-            "60",
-        ],
-    );
+    let mut sink = spawn_swappable(&config, &v1, admin, dir.path(), &["--drain-timeout", "60"]);
     assert!(
         sink.wait_for_log("admin endpoint on", Duration::from_secs(30)),
         "{}",
@@ -305,21 +313,7 @@ fn swapping_with_a_listener_running_keeps_every_acknowledged_point() {
                 &[("persistent_storage_path", "backlog")],
             )),
     );
-    let v1_arg = v1.display().to_string();
-    let admin_arg = admin.to_string();
-    let cache = dir.path().join("cache").display().to_string();
-    let mut sink = Sink::spawn_with(
-        &config,
-        Stdin::Empty,
-        &[
-            "--component",
-            &v1_arg,
-            "--admin",
-            &admin_arg,
-            "--cache-dir",
-            &cache,
-        ],
-    );
+    let mut sink = spawn_swappable(&config, &v1, admin, dir.path(), &[]);
     assert!(
         sink.wait_for_log("listening on http://", Duration::from_secs(30)),
         "{}",

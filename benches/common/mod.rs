@@ -326,3 +326,40 @@ fn read_chunked(rd: &mut BufReader<TcpStream>, line: &mut String) -> std::io::Re
         rd.read_exact(&mut crlf)?;
     }
 }
+
+/// `nproc` and the CPU's model name, printed with every figure.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .split_once(':')?
+                        .1
+                        .trim()
+                        .into(),
+                )
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    format!("{cores} CPUs, {model}")
+}
+
+/// A whole-number knob from the environment; a malformed value stops the bench.
+pub fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// The element whose `key` is the median (the upper one of an even count).
+pub fn median_by<T>(mut xs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    xs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    xs.swap_remove(xs.len() / 2)
+}
