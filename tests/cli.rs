@@ -66,7 +66,7 @@ fn validate_minimal_section_prints_every_key_with_gateway_defaults() {
         ("password", Want::Text("")),
         ("measurement", Want::Text("device_data")),
         ("batch_size", Want::Num(100.0)),
-        ("max_requests_in_flight", Want::Num(2.0)),
+        ("max_requests_in_flight", Want::Num(4.0)),
         ("batch_timeout", Want::Num(10.0)),
         ("reconnect_attempts", Want::Num(5.0)),
         ("reconnect_delay", Want::Num(5.0)),

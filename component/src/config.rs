@@ -132,7 +132,7 @@ impl Settings {
             password: String::new(),
             measurement: "device_data".into(),
             batch_size: 100,
-            max_requests_in_flight: 2,
+            max_requests_in_flight: 4,
             batch_timeout: 10.0,
             reconnect_attempts: 5,
             reconnect_delay: 5.0,
