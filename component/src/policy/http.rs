@@ -4,6 +4,7 @@
 use crate::config::{Api, Settings};
 use crate::point::Point;
 
+pub mod deflate;
 pub mod gzip;
 
 /// What a request is for; the policy reads its answer accordingly.
@@ -158,7 +159,9 @@ pub fn body_of(points: &[&Point], unit_ns: i64) -> Vec<u8> {
 
 /// Line protocol for `points`, timestamps in units of `unit_ns`.
 pub fn body(points: &[Point], unit_ns: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum());
+    // ` timestamp\n` is at most 21 bytes, but each number is written into
+    // 24 reserved ones first: room for that, or the last point reallocates.
+    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum::<usize>() + 24);
     for p in points {
         p.write_line_protocol_in(&mut out, unit_ns);
     }

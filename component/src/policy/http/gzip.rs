@@ -1,52 +1,15 @@
-//! gzip (RFC 1952) request bodies: a deflate stream from miniz_oxide in the
-//! gzip frame InfluxDB and VictoriaMetrics accept as `Content-Encoding: gzip`.
-
-use std::cell::RefCell;
-
-use miniz_oxide::deflate::core::{
-    compress as deflate, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush,
-    TDEFLStatus,
-};
-
-/// Level 1: line protocol is repetitive enough that the fastest level gets
-/// most of the ratio, and the sink runs on small devices.
-const LEVEL: u8 = 1;
+//! gzip (RFC 1952) request bodies: a deflate stream from our line-aware
+//! encoder (`super::deflate`) in the gzip frame InfluxDB and
+//! VictoriaMetrics accept as `Content-Encoding: gzip`.
 
 pub fn compress(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() / 4 + 64);
     // magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-    COMPRESSOR.with(|c| deflate_into(&mut c.borrow_mut(), data, &mut out));
+    super::deflate::deflate(data, &mut out);
     out.extend_from_slice(&crate::crc::crc32(data).to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out
-}
-
-thread_local! {
-    /// One compressor, reset between bodies: making one allocates and
-    /// clears some 300 KB, which at 100-point batches cost more than
-    /// compressing them.
-    static COMPRESSOR: RefCell<Box<CompressorOxide>> = RefCell::new(Box::new(
-        CompressorOxide::new(create_comp_flags_from_zip_params(LEVEL.into(), 0, 0)),
-    ));
-}
-
-/// Raw deflate of `data` appended to `out`.
-fn deflate_into(c: &mut CompressorOxide, mut data: &[u8], out: &mut Vec<u8>) {
-    c.reset();
-    let mut chunk = vec![0u8; (data.len() / 2).clamp(1024, 256 * 1024)];
-    loop {
-        let (status, used, made) = deflate(c, data, &mut chunk, TDEFLFlush::Finish);
-        out.extend_from_slice(&chunk[..made]);
-        data = &data[used..];
-        match status {
-            TDEFLStatus::Done => return,
-            TDEFLStatus::Okay => {}
-            // Only a bad parameter or a callback error gives these, and
-            // neither is possible here.
-            other => unreachable!("deflate failed: {other:?}"),
-        }
-    }
 }
 
 /// The data of a gzip stream made by `compress` (or any single-member
@@ -65,8 +28,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_compressor_serves_body_after_body() {
-        // Reset between bodies: the second is not a continuation of the first.
+    fn each_body_stands_alone() {
+        // The second body is not a continuation of the first.
         let a = b"m,host=a v=1 1\n".repeat(3000);
         let b = b"n,host=b w=2i 2\n".repeat(10);
         let first = compress(&a);
