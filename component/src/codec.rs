@@ -426,7 +426,7 @@ fn write_digits(buf: &mut [u8; NUM_BUF], end: usize, mut v: u64, count: usize) -
 }
 
 /// Append `[-]digits<suffix>`.
-fn push_integer(out: &mut Vec<u8>, neg: bool, v: u64, suffix: u8) {
+pub(crate) fn push_integer(out: &mut Vec<u8>, neg: bool, v: u64, suffix: u8) {
     push_number(out, |buf| {
         let sign = usize::from(neg);
         let digits = decimal_digits(v);

@@ -32,7 +32,9 @@ use wasi::io::streams::StreamError;
 /// The preopened directory the host gives this sink for its backlog.
 const BACKLOG_DIR: &str = "/backlog";
 /// While a request is in flight, ask to be woken this often to progress it.
-const IN_FLIGHT_WAKE_NS: u64 = 1_000_000;
+/// A backstop: our host polls as soon as an exchange moves on; a host that
+/// does not still sees each answer within 5 ms.
+const IN_FLIGHT_WAKE_NS: u64 = 5_000_000;
 /// Largest error body kept from a server answer.
 const MAX_ANSWER_BODY: usize = 64 * 1024;
 
@@ -322,6 +324,15 @@ impl Exchange {
                         .first()
                         .map(|v| String::from_utf8_lossy(v).into_owned());
                     let status = resp.status();
+                    if status == 204 {
+                        // No Content: there is no body to wait for, and
+                        // dropping the answer unread keeps its connection.
+                        return Some(Outcome::Answer {
+                            status,
+                            retry_after,
+                            body: String::new(),
+                        });
+                    }
                     let body = resp.consume().ok()?;
                     self.in_stream = body.stream().ok();
                     self.in_ready = self.in_stream.as_ref().map(|s| s.subscribe());

@@ -39,8 +39,7 @@ impl Point {
         out.extend_from_slice(self.line.as_bytes());
         out.push(b' ');
         let ts = self.timestamp.div_euclid(unit_ns);
-        out.extend_from_slice(ts.to_string().as_bytes());
-        out.push(b'\n');
+        crate::codec::push_integer(out, ts < 0, ts.unsigned_abs(), b'\n');
     }
 
     /// Bytes this point occupies in memory (for bounds and stats).
