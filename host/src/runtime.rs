@@ -425,13 +425,23 @@ impl WasiHttpHooks for OnlyOwnServer {
         let _ = fut;
         use http_body_util::BodyExt;
         let wake = self.wake.clone();
-        let request = request.map(|b| Ringing::new(b, wake.clone()).boxed_unsync());
+        let length = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let request = request.map(|b| Ringing::request(b, wake.clone(), length).boxed_unsync());
         let connections = self.connections.clone();
         let send: SendFuture = Box::new(async move { connections.send(request, options).await });
         Box::new(async move {
-            let answer = Box::into_pin(send).await;
-            wake.ring();
-            let (res, io) = answer?;
+            let (res, io) = match Box::into_pin(send).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    // Seen once this task ends: the guest's timer is the
+                    // backstop if this ring comes too early.
+                    wake.ring();
+                    return Err(e);
+                }
+            };
             // `io` runs on a task of its own, spawned as the answer is
             // handed to the guest: ring from there until the guest has it.
             let seen = Arc::new(AtomicBool::new(false));

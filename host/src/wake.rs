@@ -1,12 +1,14 @@
 //! Wakes a sink's task when its HTTP exchange moves on.
 //!
 //! The component drives HTTP without blocking and, while a request is out,
-//! asks to be polled again within a millisecond: without more, every
-//! request body chunk and every answer would wait up to that long to be
-//! seen. The host knows better: it runs the exchange. These wrappers ring
-//! the sink's [`Wake`] when the server has taken a chunk of the request
-//! body (so the guest may write more), when the answer's head arrives and
-//! when a chunk of its body does, and the sink task polls at once.
+//! asks to be polled again within 5 ms: without more, every request body
+//! chunk and every answer would wait up to that long to be seen. The host
+//! knows better: it runs the exchange. These wrappers ring the sink's
+//! [`Wake`] when the server has taken a chunk of the request body and the
+//! guest has more to write, when the answer's head arrives and when a
+//! chunk of its body (or its end) does, and the sink task polls at once.
+//! Nothing rings when there is nothing for the guest to do: each poll is a
+//! call into the component, and at small batches they add up.
 //!
 //! The answer's head is subtle: wasi:http hands it to the guest only once
 //! the task that sent the request has ended, which is after any code of
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
@@ -37,8 +40,8 @@ impl Wake {
     }
 }
 
-/// Rings [`Wake::until_seen`] gives up after: the guest's own timer (a
-/// millisecond) takes over.
+/// Rings [`Wake::until_seen`] gives up after: the guest's own timer takes
+/// over.
 const MAX_UNSEEN_RINGS: usize = 2;
 
 impl Wake {
@@ -47,29 +50,38 @@ impl Wake {
     /// handed over, so some ring comes after the guest can see it.
     pub async fn until_seen(&self, seen: Arc<AtomicBool>) {
         for _ in 0..MAX_UNSEEN_RINGS {
+            // The guest can take the answer only once the task that sent
+            // the request has ended: a turn first, so the ring is not early.
+            tokio::task::yield_now().await;
             if seen.load(Ordering::Acquire) {
                 return;
             }
             self.ring();
-            tokio::task::yield_now().await;
         }
     }
 }
 
-/// A body that rings `wake` each time a frame of it is taken, and marks
-/// `seen` once polled or dropped.
+/// A body that rings `wake` each time a frame of it is taken (a request
+/// body: only while the guest has more of it to write), and marks `seen`
+/// once polled or dropped (an answer's body).
 pub struct Ringing<B> {
     inner: B,
     wake: Wake,
     seen: Option<Arc<AtomicBool>>,
+    /// A request body's bytes not yet taken, from its `content-length`.
+    unsent: Option<u64>,
 }
 
 impl<B> Ringing<B> {
-    pub fn new(inner: B, wake: Wake) -> Self {
+    /// A request body of `length` bytes (its `content-length`, if known):
+    /// once all of it has been taken, the guest has nothing left to write,
+    /// so the last frame rings no one.
+    pub fn request(inner: B, wake: Wake, length: Option<u64>) -> Self {
         Ringing {
             inner,
             wake,
             seen: None,
+            unsent: length,
         }
     }
 
@@ -79,6 +91,7 @@ impl<B> Ringing<B> {
             inner,
             wake,
             seen: Some(seen),
+            unsent: None,
         }
     }
 
@@ -105,7 +118,24 @@ impl<B: Body + Unpin> Body for Ringing<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         self.mark_seen();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_ready() {
+        let ring = match &polled {
+            Poll::Pending => false,
+            // An answer's end is what the guest waits for; a request
+            // body's comes after the guest finished it.
+            Poll::Ready(None) => self.seen.is_some(),
+            Poll::Ready(Some(Ok(frame))) => {
+                let taken = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                match &mut self.unsent {
+                    Some(unsent) => {
+                        *unsent = unsent.saturating_sub(taken);
+                        *unsent > 0
+                    }
+                    None => true,
+                }
+            }
+            Poll::Ready(Some(Err(_))) => true,
+        };
+        if ring {
             self.wake.ring();
         }
         polled
@@ -128,9 +158,10 @@ mod tests {
     #[tokio::test]
     async fn taking_a_frame_rings() {
         let wake = Wake::default();
-        let mut body = Ringing::new(
+        let mut body = Ringing::request(
             Full::new(bytes::Bytes::from_static(b"m v=1\n")),
             wake.clone(),
+            None,
         );
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), &b"m v=1\n"[..]);
@@ -138,6 +169,21 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), wake.rung())
             .await
             .expect("rung");
+    }
+
+    #[tokio::test]
+    async fn the_last_bytes_of_a_request_ring_no_one() {
+        // The guest wrote all 12 bytes: nothing for it to do once taken.
+        let wake = Wake::default();
+        let data = bytes::Bytes::from_static(b"m v=1\nm v=2\n");
+        let mut body = Ringing::request(Full::new(data.clone()), wake.clone(), Some(12));
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert!(!has_rung(&wake).await, "finished request body rang");
+        // 12 of 20 bytes taken: the guest may write the rest now.
+        let mut body = Ringing::request(Full::new(data), wake.clone(), Some(20));
+        body.frame().await.unwrap().unwrap();
+        assert!(has_rung(&wake).await, "room for the rest must ring");
     }
 
     /// Whether a ring is waiting: polls `rung` once, never sleeps.
