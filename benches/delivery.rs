@@ -6,10 +6,10 @@
 //! For each case (`batch_size` 100 and 5000, `content_encoding` identity
 //! and gzip):
 //!
-//! * Ceiling: the same batches, encoded before the clock starts (gzip at
-//!   level 1, as the component does), posted straight to `/write` over
-//!   keep-alive HTTP/1.1 by 1, 2 and 4 client threads, one request in
-//!   flight each (the sink keeps up to `max_requests_in_flight = 4` out),
+//! * Ceiling: the same batches, encoded before the clock starts (gzip by
+//!   the component's own encoder), posted straight to `/write` over
+//!   keep-alive HTTP/1.1 by 1, 2, 4 and 8 client threads, one request in
+//!   flight each (the sink keeps up to `max_requests_in_flight`, 4, out),
 //!   until every answer (204) is in. The sink is compared with the best.
 //! * Sink: `influx-sink run` with the default config but `batch_size` and
 //!   `content_encoding`, the file on stdin, timed from spawn to exit (so
@@ -21,7 +21,8 @@
 //! every run asserts afterwards that InfluxDB holds exactly N points.
 //!
 //! `DELIVERY_CASES` restricts the cases (`100:identity,5000:gzip`);
-//! `DELIVERY_REPEAT` (default 1) repeats each run and reports medians.
+//! `DELIVERY_REPEAT` (default 1) repeats each run and reports medians;
+//! `DELIVERY_IN_FLIGHT` sets the sink's `max_requests_in_flight`.
 
 mod common;
 
@@ -29,7 +30,6 @@ use common::poster::Poster;
 use common::{env_number, machine};
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -119,9 +119,7 @@ fn encode(body: &[u8], gzip: bool) -> Vec<u8> {
     if !gzip {
         return body.to_vec();
     }
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
-    e.write_all(body).expect("gzip");
-    e.finish().expect("gzip")
+    influx_sink_component::policy::http::gzip::compress(body)
 }
 
 /// Points/s of a fresh influxd taking `bodies` from `clients` threads (each
@@ -163,18 +161,19 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
 fn spawn_sink(dir: &Path, port: u16, case: Case, input: &Path, cache: &Path) -> Child {
     let backlog = dir.join("backlog");
     let batch = case.batch.to_string();
+    let backlog = backlog.to_string_lossy();
+    let mut keys = vec![
+        ("batch_size", batch.as_str()),
+        ("content_encoding", case.encoding()),
+        ("persistent_storage_path", &backlog),
+    ];
+    let in_flight = std::env::var("DELIVERY_IN_FLIGHT").unwrap_or_default();
+    if !in_flight.is_empty() {
+        keys.push(("max_requests_in_flight", &in_flight));
+    }
     let config = write_config(
         dir,
-        &output_section(
-            "influxdb_output",
-            port,
-            DATABASE,
-            &[
-                ("batch_size", &batch),
-                ("content_encoding", case.encoding()),
-                ("persistent_storage_path", &backlog.to_string_lossy()),
-            ],
-        ),
+        &output_section("influxdb_output", port, DATABASE, &keys),
     );
     sink_command(&config, cache)
         .args(["--drain-timeout", DRAIN_TIMEOUT_S])
@@ -292,7 +291,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Client counts the ceiling is measured with; the sink is compared with
 /// the best of them, whatever its own `max_requests_in_flight`.
-const CEILING_CLIENTS: [usize; 3] = [1, 2, 4];
+const CEILING_CLIENTS: [usize; 4] = [1, 2, 4, 8];
 
 /// The ceilings and the sink for one case, `repeat` times each.
 fn run_case(case: Case, lines: &[u8], n: u64, input: &Path, cache: &Path, repeat: usize) -> Row {
