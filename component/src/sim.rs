@@ -10,6 +10,31 @@ use crate::config::{Settings, NANOS};
 use crate::point::Point;
 use crate::policy::{DeadLetter, Instant, LogLine, Outcome, Policy, Purpose, Refusal, Request};
 
+/// The fields after `seq` of the points the host's generator makes (what
+/// a solar inverter reports: a 20-field point is about 545 bytes of line
+/// protocol, like the gateway's); the component's tests make the same.
+pub const INVERTER_FIELDS: [&str; 19] = [
+    "pv1_voltage_v",
+    "pv1_current_a",
+    "pv2_voltage_v",
+    "pv2_current_a",
+    "grid_voltage_l1_v",
+    "grid_voltage_l2_v",
+    "grid_voltage_l3_v",
+    "grid_current_l1_a",
+    "grid_current_l2_a",
+    "grid_current_l3_a",
+    "active_power_w",
+    "reactive_power_var",
+    "power_factor",
+    "grid_frequency_hz",
+    "internal_temp_c",
+    "daily_energy_kwh",
+    "total_energy_kwh",
+    "insulation_res_kohm",
+    "efficiency_pct",
+];
+
 /// How the simulated server behaves while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownMode {

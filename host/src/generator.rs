@@ -2,6 +2,7 @@
 //! gateway's, at a set rate.
 
 use influx_sink_component::ini::Section;
+use influx_sink_component::sim::INVERTER_FIELDS;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratorSpec {
@@ -127,7 +128,7 @@ impl Generator {
             );
             for k in 1..self.spec.fields as u64 {
                 let v = (i.wrapping_mul(2654435761).wrapping_add(k * 7919)) % 100_000;
-                match FIELD_NAMES.get(k as usize - 1) {
+                match INVERTER_FIELDS.get(k as usize - 1) {
                     Some(name) => write!(out, ",{name}={}.{:02}", v / 100, v % 100),
                     None => write!(out, ",f{k}={}.{:02}", v / 100, v % 100),
                 }
@@ -139,30 +140,6 @@ impl Generator {
         n
     }
 }
-
-/// What a solar inverter reports; a 20-field point is about 575 bytes of
-/// line protocol, like the gateway's.
-const FIELD_NAMES: [&str; 19] = [
-    "pv1_voltage_v",
-    "pv1_current_a",
-    "pv2_voltage_v",
-    "pv2_current_a",
-    "grid_voltage_l1_v",
-    "grid_voltage_l2_v",
-    "grid_voltage_l3_v",
-    "grid_current_l1_a",
-    "grid_current_l2_a",
-    "grid_current_l3_a",
-    "active_power_w",
-    "reactive_power_var",
-    "power_factor",
-    "grid_frequency_hz",
-    "internal_temp_c",
-    "daily_energy_kwh",
-    "total_energy_kwh",
-    "insulation_res_kohm",
-    "efficiency_pct",
-];
 
 #[cfg(test)]
 mod tests {

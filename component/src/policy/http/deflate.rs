@@ -895,28 +895,6 @@ mod tests {
         z.len()
     }
 
-    const FIELD_NAMES: [&str; 19] = [
-        "pv1_voltage_v",
-        "pv1_current_a",
-        "pv2_voltage_v",
-        "pv2_current_a",
-        "grid_voltage_l1_v",
-        "grid_voltage_l2_v",
-        "grid_voltage_l3_v",
-        "grid_current_l1_a",
-        "grid_current_l2_a",
-        "grid_current_l3_a",
-        "active_power_w",
-        "reactive_power_var",
-        "power_factor",
-        "grid_frequency_hz",
-        "internal_temp_c",
-        "daily_energy_kwh",
-        "total_energy_kwh",
-        "insulation_res_kohm",
-        "efficiency_pct",
-    ];
-
     /// `n` lines like the host's generator makes: 10 series, 20 fields.
     fn generator_lines(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
@@ -928,7 +906,7 @@ mod tests {
                 device % 7
             )
             .unwrap();
-            for (k, name) in (1..).zip(FIELD_NAMES) {
+            for (k, name) in (1..).zip(crate::sim::INVERTER_FIELDS) {
                 let v = (i.wrapping_mul(2654435761).wrapping_add(k * 7919)) % 100_000;
                 write!(out, ",{name}={}.{:02}", v / 100, v % 100).unwrap();
             }
