@@ -159,8 +159,8 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
 /// `influx-sink run` with `[influxdb_output]` for this case, its backlog
 /// and stderr in `dir`.
 fn spawn_sink(dir: &Path, port: u16, case: Case, input: &Path, cache: &Path) -> Child {
-    let backlog = dir.join("backlog");
     let batch = case.batch.to_string();
+    let backlog = dir.join("backlog");
     let backlog = backlog.to_string_lossy();
     let mut keys = vec![
         ("batch_size", batch.as_str()),

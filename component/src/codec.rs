@@ -395,7 +395,7 @@ impl<'a> Reader<'a> {
 
 /// Room for any number text: sign, 20 digits (or 16 with a 15-digit
 /// fraction), point or suffix.
-const NUM_BUF: usize = 24;
+pub(crate) const NUM_BUF: usize = 24;
 
 /// Append `NUM_BUF` bytes to `out` for `write` to fill, then keep the
 /// `len` it returns. Writing in place avoids a copy out of a scratch buffer.

@@ -15,6 +15,7 @@ pub mod sim;
 pub mod snapshot;
 pub mod sort;
 pub mod stamp;
+mod swar;
 pub mod timefmt;
 
 #[cfg(target_arch = "wasm32")]

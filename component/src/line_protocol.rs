@@ -23,6 +23,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::point::Point;
+use crate::swar::{self, bytes_equal, HIGH_BITS, LOW_BITS};
 
 /// Why a line was refused, phrased for an operator (e.g. "field `temp` has an
 /// unterminated string", "missing field set", "invalid timestamp `12x`").
@@ -104,17 +105,6 @@ static CLASS: [u8; 256] = {
     t
 };
 
-const LOW_BITS: u64 = 0x0101_0101_0101_0101;
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-
-/// High bit set in each byte of `w` equal to `c`. The lowest set bit is
-/// exact; bits above it may be spurious (borrow), which is all `scan` uses.
-#[inline(always)]
-fn bytes_equal(w: u64, c: u8) -> u64 {
-    let x = w ^ (LOW_BITS * u64::from(c));
-    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
-}
-
 /// Bytes of `w` (little-endian) whose class intersects `class`.
 #[inline(always)]
 fn class_mask(w: u64, class: u8) -> u64 {
@@ -143,26 +133,6 @@ pub(crate) fn scan(b: &[u8], mut i: usize, class: u8) -> usize {
         i += 8;
     }
     while i < b.len() && CLASS[b[i] as usize] & class == 0 {
-        i += 1;
-    }
-    i
-}
-
-/// First `\n` at or after `i`, or `b.len()`. Eight bytes at a time: core's
-/// memchr steps by `usize`, four bytes in wasm32.
-#[inline(always)]
-fn find_newline(b: &[u8], mut i: usize) -> usize {
-    while let Some(chunk) = b.get(i..i + 8) {
-        let m = bytes_equal(
-            u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
-            b'\n',
-        );
-        if m != 0 {
-            return i + (m.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < b.len() && b[i] != b'\n' {
         i += 1;
     }
     i
@@ -715,7 +685,7 @@ pub fn parse_lines_in(
     if let Ok(text) = std::str::from_utf8(buf) {
         let mut start = 0;
         for index in 0.. {
-            let end = find_newline(buf, start);
+            let end = swar::find_byte(buf, start, b'\n');
             parse_one(
                 index,
                 &text[start..end],

@@ -160,8 +160,10 @@ pub fn body_of(points: &[&Point], unit_ns: i64) -> Vec<u8> {
 /// Line protocol for `points`, timestamps in units of `unit_ns`.
 pub fn body(points: &[Point], unit_ns: i64) -> Vec<u8> {
     // ` timestamp\n` is at most 21 bytes, but each number is written into
-    // 24 reserved ones first: room for that, or the last point reallocates.
-    let mut out = Vec::with_capacity(points.iter().map(|p| p.line.len() + 21).sum::<usize>() + 24);
+    // NUM_BUF reserved ones first: room for that, or the last point
+    // reallocates.
+    let lines: usize = points.iter().map(|p| p.line.len() + 21).sum();
+    let mut out = Vec::with_capacity(lines + crate::codec::NUM_BUF);
     for p in points {
         p.write_line_protocol_in(&mut out, unit_ns);
     }

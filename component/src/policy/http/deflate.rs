@@ -13,6 +13,8 @@
 //! are `#[inline(always)]` because the component is built at opt-level
 //! "s", where they would otherwise stay calls and halve the speed.
 
+use crate::swar::{bytes_below, bytes_equal, find_byte, first, word};
+
 /// How far back a match may reach.
 const WINDOW: usize = 32 * 1024;
 /// Shorter matches cost about as many bits as their literals.
@@ -762,31 +764,10 @@ impl BitWriter<'_> {
     }
 }
 
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// High bit set in each byte of `x` that is zero, and maybe in some above
-/// the first: the lowest set bit is always right.
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(LO) & !x & HI
-}
-
 /// Bytes through the first newline of `s`, or all of `s`.
 #[inline(always)]
 fn line_len(s: &[u8]) -> usize {
-    let mut i = 0;
-    while i + 8 <= s.len() {
-        let found = zero_bytes(word(s, i) ^ splat(b'\n'));
-        if found != 0 {
-            return i + (found.trailing_zeros() / 8) as usize + 1;
-        }
-        i += 8;
-    }
-    s[i..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(s.len(), |j| i + j + 1)
+    (find_byte(s, 0, b'\n') + 1).min(s.len())
 }
 
 /// Index of the first space or newline from `from`, eight bytes at a time.
@@ -794,9 +775,9 @@ fn find_space_or_newline(data: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i + 8 <= data.len() {
         let w = word(data, i);
-        let found = zero_bytes(w ^ splat(b' ')) | zero_bytes(w ^ splat(b'\n'));
+        let found = bytes_equal(w, b' ') | bytes_equal(w, b'\n');
         if found != 0 {
-            return Some(i + (found.trailing_zeros() / 8) as usize);
+            return Some(i + first(found));
         }
         i += 8;
     }
@@ -842,9 +823,9 @@ fn through_delimiter(s: &[u8]) -> usize {
     let mut i = 0;
     while i + 8 <= s.len() {
         let w = word(s, i);
-        let found = below(w, b'-') | zero_bytes(w ^ splat(b'='));
+        let found = bytes_below(w, b'-') | bytes_equal(w, b'=');
         if found != 0 {
-            return i + (found.trailing_zeros() / 8) as usize + 1;
+            return i + first(found) + 1;
         }
         i += 8;
     }
@@ -852,27 +833,6 @@ fn through_delimiter(s: &[u8]) -> usize {
         .iter()
         .position(|&b| b < b'-' || b == b'=')
         .map_or(s.len(), |j| i + j + 1)
-}
-
-/// High bit set in each byte of `x` below `n` (≤ 128), and maybe in some
-/// above the first: the lowest set bit is always right.
-#[inline(always)]
-fn below(x: u64, n: u8) -> u64 {
-    x.wrapping_sub(splat(n)) & !x & HI
-}
-
-/// `b` in every byte.
-#[inline(always)]
-fn splat(b: u8) -> u64 {
-    LO * b as u64
-}
-
-/// The eight bytes at `i`, little-endian. (A fixed-size copy: at
-/// opt-level "s" `copy_from_slice` stays a call to memcpy.)
-#[inline(always)]
-fn word(data: &[u8], i: usize) -> u64 {
-    let w: [u8; 8] = data[i..i + 8].try_into().unwrap_or_default();
-    u64::from_le_bytes(w)
 }
 
 #[cfg(test)]

@@ -1,0 +1,79 @@
+//! Eight bytes at a time in a `u64` (SWAR), for the scans of line protocol
+//! and of the deflate encoder. Wasm32 has 64-bit integers but core's
+//! byte searches step by `usize`, four bytes there.
+
+pub(crate) const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+pub(crate) const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The eight bytes at `i`, little-endian. (A fixed-size copy: at
+/// opt-level "s" `copy_from_slice` stays a call to memcpy.)
+#[inline(always)]
+pub(crate) fn word(data: &[u8], i: usize) -> u64 {
+    let w: [u8; 8] = data[i..i + 8].try_into().unwrap_or_default();
+    u64::from_le_bytes(w)
+}
+
+/// High bit set in each byte of `w` equal to `c`. The lowest set bit is
+/// exact; bits above it may be spurious (borrow), which is all the scans
+/// use.
+#[inline(always)]
+pub(crate) fn bytes_equal(w: u64, c: u8) -> u64 {
+    let x = w ^ (LOW_BITS * u64::from(c));
+    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
+}
+
+/// High bit set in each byte of `w` below `n` (≤ 128); as with
+/// [`bytes_equal`], only the lowest set bit is always right.
+#[inline(always)]
+pub(crate) fn bytes_below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(LOW_BITS * u64::from(n)) & !w & HIGH_BITS
+}
+
+/// Index of the byte a nonzero mask from the functions above points at.
+#[inline(always)]
+pub(crate) fn first(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
+}
+
+/// First `c` at or after `i` in `b`, or `b.len()`.
+#[inline(always)]
+pub(crate) fn find_byte(b: &[u8], mut i: usize, c: u8) -> usize {
+    while i + 8 <= b.len() {
+        let m = bytes_equal(word(b, i), c);
+        if m != 0 {
+            return i + first(m);
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != c {
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_byte_agrees_with_a_plain_search() {
+        let hay = b"ab\ncdefghij\nklmnopqrstuvwxyz0123456789\n\n";
+        for from in 0..=hay.len() {
+            let want = hay[from..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(hay.len(), |j| from + j);
+            assert_eq!(find_byte(hay, from, b'\n'), want, "from {from}");
+        }
+        assert_eq!(find_byte(b"no newline here at all", 0, b'\n'), 22);
+    }
+
+    #[test]
+    fn masks_point_at_the_first_match() {
+        let w = word(b"a=b,c d\xff", 0);
+        assert_eq!(first(bytes_equal(w, b',')), 3);
+        assert_eq!(first(bytes_equal(w, b'=')), 1);
+        assert_eq!(first(bytes_below(w, b'-')), 3);
+        assert_eq!(bytes_equal(w, b'\n'), 0);
+    }
+}
