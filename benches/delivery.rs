@@ -20,6 +20,11 @@
 //! Every run gets a fresh influxd, so none overwrites another's points, and
 //! every run asserts afterwards that InfluxDB holds exactly N points.
 //!
+//! Each run also reports how much of the machine stayed idle (from
+//! /proc/stat) and influxd's own CPU per point (from /proc/PID/stat): on
+//! two shared cores the sink's CPU comes out of influxd's, and idle time
+//! is what waiting (latency, fsync) costs.
+//!
 //! `DELIVERY_CASES` restricts the cases (`100:identity,5000:gzip`);
 //! `DELIVERY_REPEAT` (default 1) repeats each run and reports medians;
 //! `DELIVERY_IN_FLIGHT` sets the sink's `max_requests_in_flight`.
@@ -66,8 +71,58 @@ struct Row {
     case: Case,
     /// Medians, one per `CEILING_CLIENTS` entry.
     ceiling: Vec<f64>,
+    /// Machine idle share during the best ceiling's runs.
+    ceiling_idle: f64,
     sink: f64,
     cpu_us: f64,
+    /// Machine idle share during the sink's runs.
+    sink_idle: f64,
+}
+
+/// One measured run: points/s and the share of the machine's CPU time that
+/// was idle meanwhile (a run that leaves the cores idle is bound by
+/// latency, not by CPU).
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    idle: f64,
+    /// influxd's CPU time (user + system) per point, µs.
+    server_us: f64,
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let after = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Microseconds per clock tick of /proc's CPU times.
+fn tick_us() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Idle and total CPU time of the whole machine so far, in clock ticks
+/// (the first line of /proc/stat: idle and iowait count as idle).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let cpu = stat.lines().next().expect("/proc/stat has a cpu line");
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("/proc/stat tick count"))
+        .collect();
+    (ticks[3] + ticks[4], ticks.iter().sum())
+}
+
+/// Idle share of the machine between two `machine_ticks()` readings.
+fn idle_since((idle0, total0): (u64, u64)) -> f64 {
+    let (idle1, total1) = machine_ticks();
+    (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64
 }
 
 /// `DELIVERY_CASES=100:identity,5000:gzip`, else all four.
@@ -125,10 +180,11 @@ fn encode(body: &[u8], gzip: bool) -> Vec<u8> {
 /// Points/s of a fresh influxd taking `bodies` from `clients` threads (each
 /// takes every `clients`-th body), from the moment all are connected until
 /// the last answer.
-fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
+fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> Run {
     let influx = Influxd::start();
     influx.create_database(DATABASE);
     let port = influx.port();
+    let server_pid = influx.pid().expect("influxd runs");
     let ready = Barrier::new(clients + 1);
     let elapsed = std::thread::scope(|s| {
         let threads: Vec<_> = (0..clients)
@@ -147,13 +203,21 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> f64 {
             .collect();
         ready.wait();
         let started = Instant::now();
+        let ticks = machine_ticks();
+        let server = process_ticks(server_pid);
         for t in threads {
             t.join().expect("client thread");
         }
-        started.elapsed()
+        let server = process_ticks(server_pid) - server;
+        (started.elapsed(), idle_since(ticks), server)
     });
+    let (elapsed, idle, server) = elapsed;
     assert_eq!(influx.count(DATABASE, MEASUREMENT, FIELD), n, "ceiling");
-    n as f64 / elapsed.as_secs_f64()
+    Run {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        idle,
+        server_us: server as f64 * tick_us() / n as f64,
+    }
 }
 
 /// `influx-sink run` with `[influxdb_output]` for this case, its backlog
@@ -215,16 +279,21 @@ fn wait_with_cpu(child: Child) -> (ExitStatus, Duration) {
     )
 }
 
-/// (points/s, CPU µs per point) of `influx-sink run` delivering the `n`
+/// The run and CPU µs per point of `influx-sink run` delivering the `n`
 /// points of `input` to a fresh influxd.
-fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (f64, f64) {
+fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (Run, f64) {
     let influx = Influxd::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let cached = cache_entries(cache);
+    let server_pid = influx.pid().expect("influxd runs");
     let started = Instant::now();
+    let ticks = machine_ticks();
+    let server = process_ticks(server_pid);
     let child = spawn_sink(dir.path(), influx.port(), case, input, cache);
     let (status, cpu) = wait_with_cpu(child);
     let elapsed = started.elapsed();
+    let idle = idle_since(ticks);
+    let server = process_ticks(server_pid) - server;
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     let summary = Summary::parse(&log);
     assert!(
@@ -242,7 +311,11 @@ fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (f64, f64) {
         "the timed sink run compiled the component (rebuilt during the bench?): rerun"
     );
     (
-        n as f64 / elapsed.as_secs_f64(),
+        Run {
+            rate: n as f64 / elapsed.as_secs_f64(),
+            idle,
+            server_us: server as f64 * tick_us() / n as f64,
+        },
         cpu.as_secs_f64() * 1e6 / n as f64,
     )
 }
@@ -296,34 +369,53 @@ const CEILING_CLIENTS: [usize; 4] = [1, 2, 4, 8];
 /// The ceilings and the sink for one case, `repeat` times each.
 fn run_case(case: Case, lines: &[u8], n: u64, input: &Path, cache: &Path, repeat: usize) -> Row {
     let bodies = bodies(lines, case);
-    let mut ceilings = vec![Vec::new(); CEILING_CLIENTS.len()];
-    let (mut rate, mut cpu) = (vec![], vec![]);
+    let mut ceilings: Vec<Vec<Run>> = vec![Vec::new(); CEILING_CLIENTS.len()];
+    let (mut sinks, mut cpu) = (vec![], vec![]);
     for _ in 0..repeat {
         for (runs, clients) in ceilings.iter_mut().zip(CEILING_CLIENTS) {
             runs.push(ceiling(&bodies, case.gzip, clients, n));
         }
         let (r, c) = sink(input, case, cache, n);
-        rate.push(r);
+        sinks.push(r);
         cpu.push(c);
         let last: Vec<String> = ceilings
             .iter()
             .zip(CEILING_CLIENTS)
-            .map(|(runs, clients)| format!("{:.0} (C={clients})", runs[runs.len() - 1]))
+            .map(|(runs, clients)| {
+                let run = runs[runs.len() - 1];
+                format!(
+                    "{:.0} (C={clients}, {:.0}% idle, influxd {:.1} µs)",
+                    run.rate,
+                    100.0 * run.idle,
+                    run.server_us
+                )
+            })
             .collect();
         eprintln!(
-            "delivery: {:>4} lines/batch {:>8}: ceiling {}, sink {:>9.0} points/s, {:.2} µs CPU/point",
+            "delivery: {:>4} lines/batch {:>8}: ceiling {}, sink {:>9.0} points/s \
+             ({:.0}% idle, influxd {:.1} µs), {:.2} µs CPU/point",
             case.batch,
             case.encoding(),
             last.join(" "),
-            r,
+            r.rate,
+            100.0 * r.idle,
+            r.server_us,
             c
         );
     }
+    let rates = |runs: &[Run]| median(runs.iter().map(|r| r.rate).collect());
+    let idles = |runs: &[Run]| median(runs.iter().map(|r| r.idle).collect());
+    let ceiling: Vec<f64> = ceilings.iter().map(|runs| rates(runs)).collect();
+    let best = (0..ceiling.len())
+        .max_by(|&a, &b| ceiling[a].total_cmp(&ceiling[b]))
+        .expect("at least one ceiling");
     Row {
         case,
-        ceiling: ceilings.into_iter().map(median).collect(),
-        sink: median(rate),
+        ceiling_idle: idles(&ceilings[best]),
+        ceiling,
+        sink: rates(&sinks),
         cpu_us: median(cpu),
+        sink_idle: idles(&sinks),
     }
 }
 
@@ -341,25 +433,28 @@ fn print_table(rows: &[Row], n: u64, bytes: usize, repeat: usize, startup: Durat
         .map(|c| format!("{:>12}", format!("ceiling C={c}")))
         .collect();
     println!(
-        "{:>6} {:>8} | {} | {:>12} | {:>9} | {:>10}",
+        "{:>6} {:>8} | {} | {:>12} | {:>9} | {:>10} | {:>15}",
         "batch",
         "encoding",
         heads.join(" "),
         "sink",
         "sink/best",
-        "CPU/point"
+        "CPU/point",
+        "idle best/sink"
     );
     for r in rows {
         let best = r.ceiling.iter().copied().fold(0.0, f64::max);
         let cells: Vec<String> = r.ceiling.iter().map(|c| format!("{c:>10.0}/s")).collect();
         println!(
-            "{:>6} {:>8} | {} | {:>10.0}/s | {:>8.0}% | {:>7.2} µs",
+            "{:>6} {:>8} | {} | {:>10.0}/s | {:>8.0}% | {:>7.2} µs | {:>6.0}% / {:>3.0}%",
             r.case.batch,
             r.case.encoding(),
             cells.join(" "),
             r.sink,
             100.0 * r.sink / best,
-            r.cpu_us
+            r.cpu_us,
+            100.0 * r.ceiling_idle,
+            100.0 * r.sink_idle
         );
     }
 }

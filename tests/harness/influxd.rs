@@ -317,6 +317,11 @@ bind-address = "127.0.0.1:{rpc}"
         Ok(())
     }
 
+    /// The process id of the running influxd, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The HTTP port (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.http_port
