@@ -12,6 +12,7 @@ pub mod line_protocol;
 pub mod point;
 pub mod policy;
 pub mod sim;
+mod simd;
 pub mod snapshot;
 pub mod sort;
 pub mod stamp;
@@ -20,3 +21,4 @@ pub mod timefmt;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+

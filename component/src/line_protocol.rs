@@ -23,6 +23,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::point::Point;
+use crate::simd::{self, Bytes16};
 use crate::swar::{self, bytes_equal, HIGH_BITS, LOW_BITS};
 
 /// Why a line was refused, phrased for an operator (e.g. "field `temp` has an
@@ -120,10 +121,47 @@ fn class_mask(w: u64, class: u8) -> u64 {
     }
 }
 
-/// First index at or after `i` whose byte is in `class`, or `b.len()`.
-/// Eight bytes at a time (SWAR), then byte by byte.
+/// Lanes of `v` whose byte is in `class`.
 #[inline(always)]
-pub(crate) fn scan(b: &[u8], mut i: usize, class: u8) -> usize {
+fn class_lanes(v: Bytes16, class: u8) -> u32 {
+    match class {
+        STOP_NAME => v.eq(b'\\').or(v.eq(b'=')).or(v.eq(b',').or(v.eq(b' '))),
+        STOP_STRING => v.eq(b'\\').or(v.eq(b'"')),
+        _ => v.eq(b',').or(v.eq(b' ')),
+    }
+    .mask()
+}
+
+// The scans below take their first steps outside any loop, and what is
+// left in a function of its own: most names and values end within 32
+// bytes, and inside the component each entry into a loop costs an epoch
+// check (wasmtime's interruption point) and spills around it.
+
+/// First index at or after `i` whose byte is in `class`, or `b.len()`.
+/// Sixteen bytes at a time, then eight (SWAR), then byte by byte.
+#[inline(always)]
+pub(crate) fn scan(b: &[u8], i: usize, class: u8) -> usize {
+    for step in [0, 16] {
+        let Some(v) = simd::at(b, i + step) else {
+            return scan_rest(b, i + step, class);
+        };
+        let m = class_lanes(v, class);
+        if m != 0 {
+            return i + step + m.trailing_zeros() as usize;
+        }
+    }
+    scan_rest(b, i + 32, class)
+}
+
+#[inline(never)]
+fn scan_rest(b: &[u8], mut i: usize, class: u8) -> usize {
+    while let Some(v) = simd::at(b, i) {
+        let m = class_lanes(v, class);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     while let Some(chunk) = b.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         let m = class_mask(w, class);
@@ -140,7 +178,26 @@ pub(crate) fn scan(b: &[u8], mut i: usize, class: u8) -> usize {
 
 /// First index at or after `i` that is not an ASCII digit, or `b.len()`.
 #[inline(always)]
-fn skip_digits(b: &[u8], mut i: usize) -> usize {
+fn skip_digits(b: &[u8], i: usize) -> usize {
+    let Some(v) = simd::at(b, i) else {
+        return skip_digits_rest(b, i);
+    };
+    let not_digit = !v.digits().mask() & 0xffff;
+    if not_digit != 0 {
+        return i + not_digit.trailing_zeros() as usize;
+    }
+    skip_digits_rest(b, i + 16)
+}
+
+#[inline(never)]
+fn skip_digits_rest(b: &[u8], mut i: usize) -> usize {
+    while let Some(v) = simd::at(b, i) {
+        let not_digit = !v.digits().mask() & 0xffff;
+        if not_digit != 0 {
+            return i + not_digit.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     while let Some(chunk) = b.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         // Per byte, without carries between bytes: high bit of `ge` set iff
@@ -157,6 +214,31 @@ fn skip_digits(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// The first byte at or after `i` that ends a name (`,`, space, and `=`
+/// unless `eq_allowed`), skipping backslash escapes: its index, `>= b.len()`
+/// if there is none. The common name without escapes takes no loop.
+#[inline(always)]
+fn name_end(b: &[u8], i: usize, eq_allowed: bool) -> usize {
+    let j = scan(b, i, STOP_NAME);
+    match b.get(j) {
+        Some(b'\\') => name_end_escaped(b, j + 2, eq_allowed),
+        Some(b'=') if eq_allowed => name_end_escaped(b, j + 1, eq_allowed),
+        _ => j,
+    }
+}
+
+#[inline(never)]
+fn name_end_escaped(b: &[u8], mut i: usize, eq_allowed: bool) -> usize {
+    loop {
+        i = scan(b, i, STOP_NAME);
+        match b.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'=') if eq_allowed => i += 1,
+            _ => return i,
+        }
+    }
 }
 
 /// End of a plain number value starting at `i` (`-?digits+(.digits*)?` with
@@ -195,23 +277,11 @@ pub fn parse_line(line: &str, default_ts: i64) -> Result<Point, LineError> {
     }
 
     // Measurement: up to an unescaped comma or space (`=` is allowed).
-    let mut i = start;
-    loop {
-        i = scan(b, i, STOP_NAME);
-        if i >= n {
-            break;
-        }
-        match b[i] {
-            b'\\' => i += 2,
-            b'=' => i += 1,
-            _ => break,
-        }
-    }
-    let meas_end = i.min(n);
+    let meas_end = name_end(b, start, true).min(n);
     if meas_end == start {
         return Err(err("missing measurement".into()));
     }
-    i = meas_end;
+    let mut i = meas_end;
 
     // Tags: `,key=value` until a space. Track whether keys are sorted.
     let mut sorted = true;
@@ -219,16 +289,12 @@ pub fn parse_line(line: &str, default_ts: i64) -> Result<Point, LineError> {
     while i < n && b[i] == b',' {
         i += 1;
         let ks = i;
-        loop {
-            i = scan(b, i, STOP_NAME);
-            if i >= n {
-                return Err(tag_without_value(&b[ks..n]));
-            }
-            match b[i] {
-                b'\\' => i += 2,
-                b'=' => break,
-                _ => return Err(tag_without_value(&b[ks..i])),
-            }
+        i = name_end(b, i, false);
+        if i >= n {
+            return Err(tag_without_value(&b[ks..n]));
+        }
+        if b[i] != b'=' {
+            return Err(tag_without_value(&b[ks..i]));
         }
         if i == ks {
             return Err(err("tag with an empty key".into()));
@@ -236,21 +302,12 @@ pub fn parse_line(line: &str, default_ts: i64) -> Result<Point, LineError> {
         let key = &b[ks..i];
         i += 1;
         let vs = i;
-        loop {
-            i = scan(b, i, STOP_NAME);
-            if i >= n {
-                break;
-            }
-            match b[i] {
-                b'\\' => i += 2,
-                b'=' => {
-                    return Err(err(format!(
-                        "tag `{}` has an unescaped `=` in its value",
-                        snippet(key)
-                    )))
-                }
-                _ => break,
-            }
+        i = name_end(b, i, false);
+        if i < n && b[i] == b'=' {
+            return Err(err(format!(
+                "tag `{}` has an unescaped `=` in its value",
+                snippet(key)
+            )));
         }
         i = i.min(n);
         if i == vs {
@@ -271,17 +328,15 @@ pub fn parse_line(line: &str, default_ts: i64) -> Result<Point, LineError> {
     let fields_start = i;
     loop {
         let ks = i;
-        loop {
-            i = scan(b, i, STOP_NAME);
-            if i >= n {
-                return Err(field_without_value(&b[ks..n]));
+        i = name_end(b, i, false);
+        if i >= n {
+            return Err(field_without_value(&b[ks..n]));
+        }
+        if b[i] != b'=' {
+            if i == ks {
+                return Err(err("field with an empty key".into()));
             }
-            match b[i] {
-                b'\\' => i += 2,
-                b'=' => break,
-                _ if i == ks => return Err(err("field with an empty key".into())),
-                _ => return Err(field_without_value(&b[ks..i])),
-            }
+            return Err(field_without_value(&b[ks..i]));
         }
         if i == ks {
             return Err(err("field with an empty key".into()));
@@ -632,19 +687,11 @@ fn parse_timestamp(t: &[u8]) -> Result<i64, LineError> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, t),
     };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || skip_digits(digits, 0) != digits.len() {
         return Err(invalid());
     }
     // Up to 19 digits fit in u64 without overflow checks.
-    let mag = if digits.len() <= 19 {
-        Some(
-            digits
-                .iter()
-                .fold(0u64, |acc, &c| acc * 10 + u64::from(c - b'0')),
-        )
-    } else {
-        None
-    };
+    let mag = (digits.len() <= 19).then(|| digits_value(digits));
     let value = mag.and_then(|m| {
         if neg {
             0i64.checked_sub_unsigned(m)
@@ -659,6 +706,20 @@ fn parse_timestamp(t: &[u8]) -> Result<i64, LineError> {
             snippet(t)
         ))),
     }
+}
+
+/// The value of at most 19 ASCII digits: the leading ones one by one, the
+/// rest eight at a time.
+#[inline(always)]
+fn digits_value(digits: &[u8]) -> u64 {
+    let lead = digits.len() % 8;
+    let mut v = digits[..lead]
+        .iter()
+        .fold(0u64, |acc, &c| acc * 10 + u64::from(c - b'0'));
+    for i in (lead..digits.len()).step_by(8) {
+        v = v * 100_000_000 + swar::parse_eight_digits(swar::word(digits, i));
+    }
+    v
 }
 
 /// Parse a buffer of newline-separated lines. Blank lines and lines starting
@@ -682,10 +743,10 @@ pub fn parse_lines_in(
     let unit = unit_ns.max(1);
     let mut points = Vec::new();
     let mut errors = Vec::new();
-    if let Ok(text) = std::str::from_utf8(buf) {
+    if let Some(text) = as_text(buf) {
         let mut start = 0;
         for index in 0.. {
-            let end = swar::find_byte(buf, start, b'\n');
+            let end = simd::find_byte(buf, start, b'\n');
             parse_one(
                 index,
                 &text[start..end],
@@ -714,6 +775,16 @@ pub fn parse_lines_in(
         }
     }
     (points, errors)
+}
+
+/// `buf` as text if it is valid UTF-8; ASCII, as line protocol nearly
+/// always is, is recognised 64 bytes per step.
+fn as_text(buf: &[u8]) -> Option<&str> {
+    if simd::is_ascii(buf) {
+        // SAFETY: ASCII is valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(buf) });
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 /// parse_lines' handling of one line: skip blanks and comments.
@@ -969,10 +1040,11 @@ mod tests {
     }
 
     #[test]
-    fn swar_scans_match_bytewise_scans() {
+    fn fast_scans_match_bytewise_scans() {
+        // 40 bytes: 16-byte steps, then 8-byte ones, then single bytes.
         for c in 0..=255u8 {
-            for pos in 0..20 {
-                let mut buf = vec![b'7'; 20];
+            for pos in 0..40 {
+                let mut buf = vec![b'7'; 40];
                 buf[pos] = c;
                 // Mix a letter that stops nothing before the probe.
                 if pos > 2 {
@@ -1166,6 +1238,30 @@ mod tests {
             errors[0].1.reason.contains("out of range"),
             "{}",
             errors[0].1.reason
+        );
+    }
+
+    #[test]
+    fn timestamps_of_every_length_parse_exactly() {
+        for len in 1..=19 {
+            for lead in b'1'..=b'9' {
+                let text: Vec<u8> = (0..len)
+                    .map(|k| {
+                        if k == 0 {
+                            lead
+                        } else {
+                            b'0' + ((k * 7 + len) % 10) as u8
+                        }
+                    })
+                    .collect();
+                let want: u64 = std::str::from_utf8(&text).unwrap().parse().unwrap();
+                assert_eq!(digits_value(&text), want, "{text:?}");
+            }
+        }
+        assert_eq!(digits_value(b"0000000000000000001"), 1);
+        assert_eq!(
+            digits_value(b"9999999999999999999"),
+            9_999_999_999_999_999_999
         );
     }
 

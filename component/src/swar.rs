@@ -51,9 +51,50 @@ pub(crate) fn find_byte(b: &[u8], mut i: usize, c: u8) -> usize {
     i
 }
 
+/// The value of eight ASCII digits, the first in the lowest byte of `w`
+/// (three multiplies instead of eight).
+#[inline(always)]
+pub(crate) fn parse_eight_digits(w: u64) -> u64 {
+    let v = w.wrapping_sub(LOW_BITS * u64::from(b'0'));
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_ffff_0000_ffff;
+    (v.wrapping_mul(10_000) + (v >> 32)) & 0xffff_ffff
+}
+
+/// `v` (< 10^8) as eight ASCII digits with leading zeros, the first in
+/// the lowest byte: lanes split in halves by reciprocal multiplies, with no
+/// division.
+#[inline(always)]
+pub(crate) fn eight_digits(v: u32) -> u64 {
+    debug_assert!(v < 100_000_000);
+    // Two 32-bit lanes of four digits each, the high ones in the low lane.
+    let x = u64::from(v / 10_000) | u64::from(v % 10_000) << 32;
+    // Each lane (< 10^4) into 16-bit lanes (< 100): x / 100 is exactly
+    // x * 10486 >> 20 there.
+    let hundreds = ((x * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let x = hundreds | (x - hundreds * 100) << 16;
+    // Each 16-bit lane (< 100) into bytes: x / 10 is x * 103 >> 10 there.
+    let tens = ((x * 103) >> 10) & 0x000f_000f_000f_000f;
+    let x = tens | (x - tens * 10) << 8;
+    x | (LOW_BITS * u64::from(b'0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eight_digits_both_ways() {
+        let mut values: Vec<u32> = (0..200_000).collect();
+        values.extend((0..100_000_000u32).step_by(9_973));
+        values.extend(99_999_000..100_000_000);
+        for v in values {
+            let text = format!("{v:08}");
+            assert_eq!(eight_digits(v).to_le_bytes(), text.as_bytes(), "{v}");
+            let w = u64::from_le_bytes(text.as_bytes().try_into().unwrap());
+            assert_eq!(parse_eight_digits(w), u64::from(v), "{text}");
+        }
+    }
 
     #[test]
     fn find_byte_agrees_with_a_plain_search() {
