@@ -11,6 +11,7 @@ pub mod ini;
 pub mod line_protocol;
 pub mod point;
 pub mod policy;
+pub mod pool;
 pub mod sim;
 mod simd;
 pub mod snapshot;
@@ -22,3 +23,7 @@ pub mod timefmt;
 #[cfg(target_arch = "wasm32")]
 mod glue;
 
+/// Small blocks (each point's line) recycled through free lists.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: pool::Pooled<std::alloc::System> = pool::Pooled::new(std::alloc::System);
