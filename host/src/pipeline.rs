@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use std::io::Read as _;
 use std::sync::atomic::Ordering;
-use tokio::io::AsyncReadExt;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -215,16 +215,31 @@ pub async fn run(
 }
 
 async fn read_stdin(mut fanout: Fanout, mut stop: watch::Receiver<bool>) {
-    let mut stdin = tokio::io::stdin();
     let mut carry: Vec<u8> = Vec::new();
     let mut line_no = 1u64;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut spare = vec![0u8; 256 * 1024];
     loop {
+        // A blocking read straight into our buffer (tokio's stdin would
+        // read into one of its own and copy).
+        let mut buf = std::mem::take(&mut spare);
+        let read = tokio::task::spawn_blocking(move || loop {
+            match std::io::stdin().lock().read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return (r, buf),
+            }
+        });
         let n = tokio::select! {
-            r = stdin.read(&mut buf) => match r {
-                Ok(n) => n,
-                Err(e) => {
+            r = read => match r {
+                Ok((Ok(n), b)) => {
+                    spare = b;
+                    n
+                }
+                Ok((Err(e), _)) => {
                     log::error("source", &format!("cannot read standard input: {e}"));
+                    0
+                }
+                Err(e) => {
+                    log::error("source", &format!("the standard input reader failed: {e}"));
                     0
                 }
             },
@@ -233,7 +248,7 @@ async fn read_stdin(mut fanout: Fanout, mut stop: watch::Receiver<bool>) {
         if n == 0 {
             break;
         }
-        carry.extend_from_slice(&buf[..n]);
+        carry.extend_from_slice(&spare[..n]);
         if let Some(end) = memchr::memrchr(b'\n', &carry) {
             let rest = carry.split_off(end + 1);
             let chunk = std::mem::replace(&mut carry, rest);
@@ -732,6 +747,12 @@ async fn drive(
             Some(st) => st.room,
             None => 0,
         };
+        let room = room.min(
+            std::env::var("XCALL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX),
+        );
         if room > 0 {
             if let Some(rest) = feed.rest.take() {
                 write_within(name, sink, feed, seen, rest, room).await?;
