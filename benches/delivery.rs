@@ -119,10 +119,38 @@ fn machine_ticks() -> (u64, u64) {
     (ticks[3] + ticks[4], ticks.iter().sum())
 }
 
-/// Idle share of the machine between two `machine_ticks()` readings.
-fn idle_since((idle0, total0): (u64, u64)) -> f64 {
-    let (idle1, total1) = machine_ticks();
-    (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64
+/// The clock, the machine's ticks and influxd's CPU, read when a run
+/// starts, for the `Run` at its end.
+struct Meter {
+    started: Instant,
+    machine: (u64, u64),
+    server_pid: u32,
+    server: u64,
+}
+
+impl Meter {
+    fn start(server: &Influxd) -> Meter {
+        let server_pid = server.pid().expect("influxd runs");
+        Meter {
+            started: Instant::now(),
+            machine: machine_ticks(),
+            server_pid,
+            server: process_ticks(server_pid),
+        }
+    }
+
+    /// The run of `n` points that ends now.
+    fn finish(&self, n: u64) -> Run {
+        let elapsed = self.started.elapsed();
+        let (idle0, total0) = self.machine;
+        let (idle1, total1) = machine_ticks();
+        let server = process_ticks(self.server_pid) - self.server;
+        Run {
+            rate: n as f64 / elapsed.as_secs_f64(),
+            idle: (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64,
+            server_us: server as f64 * tick_us() / n as f64,
+        }
+    }
 }
 
 /// `DELIVERY_CASES=100:identity,5000:gzip`, else all four.
@@ -184,9 +212,8 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> Run {
     let influx = Influxd::start();
     influx.create_database(DATABASE);
     let port = influx.port();
-    let server_pid = influx.pid().expect("influxd runs");
     let ready = Barrier::new(clients + 1);
-    let elapsed = std::thread::scope(|s| {
+    let run = std::thread::scope(|s| {
         let threads: Vec<_> = (0..clients)
             .map(|c| {
                 let ready = &ready;
@@ -202,22 +229,14 @@ fn ceiling(bodies: &[Vec<u8>], gzip: bool, clients: usize, n: u64) -> Run {
             })
             .collect();
         ready.wait();
-        let started = Instant::now();
-        let ticks = machine_ticks();
-        let server = process_ticks(server_pid);
+        let meter = Meter::start(&influx);
         for t in threads {
             t.join().expect("client thread");
         }
-        let server = process_ticks(server_pid) - server;
-        (started.elapsed(), idle_since(ticks), server)
+        meter.finish(n)
     });
-    let (elapsed, idle, server) = elapsed;
     assert_eq!(influx.count(DATABASE, MEASUREMENT, FIELD), n, "ceiling");
-    Run {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        idle,
-        server_us: server as f64 * tick_us() / n as f64,
-    }
+    run
 }
 
 /// `influx-sink run` with `[influxdb_output]` for this case, its backlog
@@ -285,15 +304,10 @@ fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (Run, f64) {
     let influx = Influxd::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let cached = cache_entries(cache);
-    let server_pid = influx.pid().expect("influxd runs");
-    let started = Instant::now();
-    let ticks = machine_ticks();
-    let server = process_ticks(server_pid);
+    let meter = Meter::start(&influx);
     let child = spawn_sink(dir.path(), influx.port(), case, input, cache);
     let (status, cpu) = wait_with_cpu(child);
-    let elapsed = started.elapsed();
-    let idle = idle_since(ticks);
-    let server = process_ticks(server_pid) - server;
+    let run = meter.finish(n);
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     let summary = Summary::parse(&log);
     assert!(
@@ -310,14 +324,7 @@ fn sink(input: &Path, case: Case, cache: &Path, n: u64) -> (Run, f64) {
         cached,
         "the timed sink run compiled the component (rebuilt during the bench?): rerun"
     );
-    (
-        Run {
-            rate: n as f64 / elapsed.as_secs_f64(),
-            idle,
-            server_us: server as f64 * tick_us() / n as f64,
-        },
-        cpu.as_secs_f64() * 1e6 / n as f64,
-    )
+    (run, cpu.as_secs_f64() * 1e6 / n as f64)
 }
 
 /// Run the sink on empty input (server: a closed port) and return how long

@@ -2,9 +2,9 @@
 //! slice-by-16: sixteen independent lookups per step, where slice-by-8's
 //! step waits on the previous one twice as often (wasm has no carry-less
 //! multiply to do better). The 16 KiB tables are built on first use
-//! instead of being stored in the component, which ships to small devices. Natively,
-//! CRC-32C uses the CPU's instructions through the `crc32c` crate; the
-//! tests check that both give the same values.
+//! instead of being stored in the component, which ships to small devices.
+//! Natively, CRC-32C uses the CPU's instructions through the `crc32c`
+//! crate; the tests check that both give the same values.
 
 use std::sync::OnceLock;
 

@@ -176,13 +176,19 @@ fn scan_rest(b: &[u8], mut i: usize, class: u8) -> usize {
     i
 }
 
+/// Lanes of `v` that are not an ASCII digit.
+#[inline(always)]
+fn non_digit_lanes(v: Bytes16) -> u32 {
+    !v.digits().mask() & 0xffff
+}
+
 /// First index at or after `i` that is not an ASCII digit, or `b.len()`.
 #[inline(always)]
 fn skip_digits(b: &[u8], i: usize) -> usize {
     let Some(v) = simd::at(b, i) else {
         return skip_digits_rest(b, i);
     };
-    let not_digit = !v.digits().mask() & 0xffff;
+    let not_digit = non_digit_lanes(v);
     if not_digit != 0 {
         return i + not_digit.trailing_zeros() as usize;
     }
@@ -192,7 +198,7 @@ fn skip_digits(b: &[u8], i: usize) -> usize {
 #[inline(never)]
 fn skip_digits_rest(b: &[u8], mut i: usize) -> usize {
     while let Some(v) = simd::at(b, i) {
-        let not_digit = !v.digits().mask() & 0xffff;
+        let not_digit = non_digit_lanes(v);
         if not_digit != 0 {
             return i + not_digit.trailing_zeros() as usize;
         }
@@ -332,14 +338,11 @@ pub fn parse_line(line: &str, default_ts: i64) -> Result<Point, LineError> {
         if i >= n {
             return Err(field_without_value(&b[ks..n]));
         }
-        if b[i] != b'=' {
-            if i == ks {
-                return Err(err("field with an empty key".into()));
-            }
-            return Err(field_without_value(&b[ks..i]));
-        }
         if i == ks {
             return Err(err("field with an empty key".into()));
+        }
+        if b[i] != b'=' {
+            return Err(field_without_value(&b[ks..i]));
         }
         let key_end = i;
         i += 1;
